@@ -1,0 +1,92 @@
+"""What the benchmarks share: the workload's vocabulary, stores, `serve` and percentiles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+PG_URL = os.environ.get("TASKMETER_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TASKMETER = str(Path(sys.executable).parent / "taskmeter")
+MODELS = [
+    ("gpt-4o", "openai"),
+    ("gpt-4o-mini", "openai"),
+    ("claude-sonnet-4-5", "anthropic"),
+    ("claude-3-5-haiku-20241022", "anthropic"),
+    ("gemini-2.5-pro", "google"),
+]
+TOOLS = [
+    "nuclei", "httpx", "nmap", "subfinder", "katana", "ffuf", "sqlmap", "dnsx", "naabu", "gau",
+    "waybackurls", "dalfox", "trufflehog", "gitleaks", "semgrep", "amass", "masscan", "wpscan",
+    "nikto", "testssl", "whatweb", "tlsx",
+]  # fmt: skip
+AGENTS = ["recon", "exploit", "report", "triage", "verify", "pivot"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def create_pg_database(name: str | None = None) -> tuple[str, Callable[[], None]]:
+    """A fresh database on the benchmark server: its URL and a function that drops it."""
+    name = name or f"taskmeter_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(
+        PG_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return PG_URL.rpartition("/")[0] + f"/{name}", drop
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_serve(url: str, workdir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`taskmeter serve` on a free loopback port, once /readyz answers."""
+    port = free_port()
+    server = subprocess.Popen(
+        [TASKMETER, "serve", "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, "TASKMETER_DATABASE_URL": url, **env},
+        cwd=workdir,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit("serve did not become ready")
+
+
+def stop_serve(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]

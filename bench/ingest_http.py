@@ -1,0 +1,215 @@
+"""Ingest benchmark: batches of 1000 events over HTTP to a real `taskmeter serve` on loopback.
+
+    python bench/ingest_http.py --store sqlite --seconds 60
+    python bench/ingest_http.py --store postgresql --seconds 60
+
+Starts `taskmeter serve` in its own process on a fresh store (a temporary SQLite file, or a
+throwaway PostgreSQL database on TASKMETER_BENCH_PG_URL), makes a service key, then posts
+realistic batches (streams with llm calls, tool calls, steps, agent triggers, finishes) from
+this process with --concurrency connections for --seconds. Prints sustained events/s, p50/p99
+batch latency and the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import (
+    AGENTS,
+    MODELS,
+    TASKMETER,
+    TOOLS,
+    create_pg_database,
+    rss_mib,
+    start_serve,
+    stop_serve,
+)
+
+
+def stream_events(rng: random.Random, user: str, start: datetime) -> list[dict[str, Any]]:
+    sid = str(uuid.uuid4())
+    task = f"task-{uuid.uuid4().hex[:12]}"
+    model, provider = rng.choice(MODELS)
+    t = start
+    n = 0
+
+    def ev(kind: str, **fields: Any) -> dict[str, Any]:
+        nonlocal n, t
+        n += 1
+        t += timedelta(milliseconds=rng.randint(50, 3000))
+        return {
+            "id": f"e{n}",
+            "type": kind,
+            "time": t.isoformat(),
+            "stream_id": sid,
+            "task_id": task,
+            **fields,
+        }
+
+    events = [
+        ev(
+            "stream.started",
+            user=user,
+            model=model,
+            task_title="Scan target",
+            is_byok=rng.random() < 0.1,
+        )
+    ]
+    for _ in range(rng.randint(5, 30)):
+        inp = rng.randint(500, 60_000)
+        events.append(
+            ev(
+                "llm.call",
+                model=model,
+                provider=provider,
+                input_tokens=inp,
+                output_tokens=rng.randint(50, 4000),
+                cache_read_tokens=rng.randint(0, inp // 2),
+                duration_ms=rng.randint(200, 20_000),
+            )
+        )
+        events.append(ev("step.completed", latency_ms=rng.randint(100, 20_000)))
+        for _ in range(rng.randint(0, 6)):
+            events.append(
+                ev("tool.call", tool_name=rng.choice(TOOLS), duration_ms=rng.randint(10, 60_000))
+            )
+    for _ in range(rng.randint(0, 3)):
+        events.append(ev("agent.triggered", agent_name=rng.choice(AGENTS)))
+    status = rng.choices(["completed", "error", "aborted"], [0.85, 0.1, 0.05])[0]
+    events.append(
+        ev(
+            "stream.finished",
+            status=status,
+            error_message="tool crashed" if status == "error" else None,
+        )
+    )
+    return events
+
+
+def batches(
+    seed: int, user: str, size: int, out: queue.Queue[bytes | None], stop: threading.Event
+) -> None:
+    rng = random.Random(seed)
+    pending: list[dict[str, Any]] = []
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    while not stop.is_set():
+        while len(pending) < size:
+            start += timedelta(seconds=rng.randint(1, 600))
+            pending.extend(stream_events(rng, user, start))
+        body = json.dumps({"events": pending[:size]}).encode()
+        pending = pending[size:]
+        while not stop.is_set():
+            try:
+                out.put(body, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="taskmeter-bench-"))
+    cleanup = None
+    if args.store == "sqlite":
+        url = f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        url, cleanup = create_pg_database()
+    env = {**os.environ, "TASKMETER_DATABASE_URL": url}
+    taskmeter = [TASKMETER]
+
+    def run(*arguments: str) -> str:
+        done = subprocess.run(
+            [*taskmeter, *arguments], env=env, check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    user = "bench@example.com"
+    run("users", "create", user)
+    key = run("keys", "create", "--service", "bench")
+    server, base = start_serve(url, workdir)
+    try:
+        work: queue.Queue[bytes | None] = queue.Queue(maxsize=args.concurrency * 4)
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=batches, args=(1, user, args.batch, work, stop), daemon=True
+        )
+        producer.start()
+        latencies: list[float] = []
+        accepted = [0]
+        failures = [0]
+        peak_rss = [0.0]
+        lock = threading.Lock()
+        deadline = time.monotonic() + args.seconds
+
+        def worker() -> None:
+            with httpx.Client(
+                base_url=base,
+                headers={"X-Api-Key": key, "content-type": "application/json"},
+                timeout=120,
+            ) as client:
+                while time.monotonic() < deadline:
+                    body = work.get()
+                    t0 = time.perf_counter()
+                    answer = client.post("/api/v1/usage/events", content=body)
+                    elapsed = time.perf_counter() - t0
+                    with lock:
+                        if answer.status_code == 200:
+                            latencies.append(elapsed)
+                            accepted[0] += answer.json()["accepted"]
+                        else:
+                            failures[0] += 1
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            peak_rss[0] = max(peak_rss[0], rss_mib(server.pid))
+            time.sleep(0.5)
+        wall = time.monotonic() - started
+        stop.set()
+        latencies.sort()
+
+        def p(q: float) -> float:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+        print(
+            f"store={args.store} seconds={wall:.1f} concurrency={args.concurrency} "
+            f"batch={args.batch}"
+        )
+        print(f"events accepted: {accepted[0]}  batches: {len(latencies)}  failed: {failures[0]}")
+        print(f"sustained: {accepted[0] / wall:,.0f} events/s")
+        if latencies:
+            print(
+                f"batch latency: p50 {p(0.5):.0f} ms  p99 {p(0.99):.0f} ms  "
+                f"mean {statistics.mean(latencies) * 1000:.0f} ms"
+            )
+        print(f"serve peak RSS: {peak_rss[0]:.0f} MiB")
+    finally:
+        stop_serve(server)
+        if cleanup:
+            cleanup()
+
+
+if __name__ == "__main__":
+    main()

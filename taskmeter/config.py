@@ -1,0 +1,74 @@
+"""Settings: every `TASKMETER_*` variable, validated once at start.
+
+Each setting here is documented in README.md's configuration table; `tests/test_docs.py`
+fails when one is not.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "normalise_database_url"]
+
+
+def normalise_database_url(url: str) -> str:
+    """Turn the URL an operator writes into the SQLAlchemy URL with our chosen driver.
+
+    `postgresql://…` and `postgres://…` use psycopg 3; `sqlite:///file.db` uses the
+    standard library driver.
+    """
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:") and not url.startswith("sqlite+"):
+        return "sqlite+pysqlite:" + url[len("sqlite:") :]
+    return url
+
+
+class Settings(BaseSettings):
+    """Service configuration from the environment (prefix `TASKMETER_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKMETER_", extra="ignore")
+
+    database_url: str = "sqlite:///taskmeter.db"
+    jwt_secret: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_email_claim: str = "email"
+    credit_usd: Decimal = Field(default=Decimal("10"), gt=0)
+    neo_cost_rate: Decimal = Field(default=Decimal("0.1"), ge=0)
+    prices_file: Path | None = None
+    stream_timeout_s: int = Field(default=1800, gt=0)
+    sweep_interval_s: int = Field(default=60, gt=0)
+    max_inflight_writes: int = Field(default=16, gt=0)
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    auth_failures_per_minute: int = Field(default=60, gt=0)
+    auth_failures_per_key_per_minute: int = Field(default=10, gt=0)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: str | None) -> str | None:
+        # A short HS256 secret can be brute-forced offline from one captured token.
+        if value is not None and len(value.encode()) < 32:
+            raise ValueError("TASKMETER_JWT_SECRET must be at least 32 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _key_files_exist(self) -> Settings:
+        for name in ("jwt_public_key_file", "jwks_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"TASKMETER_{name.upper()} {path} is not a readable file")
+        if self.prices_file is not None and not self.prices_file.is_file():
+            raise ValueError(f"TASKMETER_PRICES_FILE {self.prices_file} is not a readable file")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return normalise_database_url(self.database_url)

@@ -1,0 +1,1 @@
+"""The web dashboard: static pages served by `taskmeter serve`, built on the public read API."""

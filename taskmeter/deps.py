@@ -1,0 +1,86 @@
+"""FastAPI dependencies: the store, the caller, and the caller's read scope.
+
+request ─▶ PrincipalDep ─▶ ScopeDep ─▶ repository query ─▶ response
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPBearer
+
+from taskmeter.errors import ErrorResponse, Unauthorized
+from taskmeter.identity.principal import Principal, Scope, authenticate, read_scope
+from taskmeter.store import Store
+
+log = logging.getLogger("taskmeter.auth")
+
+__all__ = ["AUTH_RESPONSES", "PrincipalDep", "ScopeDep", "StoreDep"]
+
+# Declared for the OpenAPI document (the seeds' two security schemes, either one will do);
+# the credential itself is parsed by `authenticate` from the raw headers.
+_bearer = HTTPBearer(
+    scheme_name="BearerAuth",
+    bearerFormat="JWT",
+    auto_error=False,
+    description="JWT authentication token",
+)
+_api_key = APIKeyHeader(
+    name="X-Api-Key",
+    scheme_name="ApiKeyAuth",
+    auto_error=False,
+    description="Neo API key (neo_sk_* prefix)",
+)
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Unauthorized"},
+    403: {"model": ErrorResponse, "description": "Forbidden"},
+    429: {"model": ErrorResponse, "description": "Too many failed authentications"},
+    500: {"model": ErrorResponse, "description": "Internal server error"},
+}
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def get_principal(
+    request: Request,
+    _bearer_credential: Annotated[Any, Depends(_bearer)],
+    _key_credential: Annotated[Any, Depends(_api_key)],
+) -> Principal:
+    state = request.app.state
+    api_key = request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization")
+    address = request.client.host if request.client else "unknown"
+    credential = api_key if api_key is not None else authorization
+    state.auth_limiter.check(address, credential)
+    try:
+        principal = authenticate(
+            state.store, state.verifier, api_key=api_key, authorization=authorization
+        )
+    except Unauthorized as exc:
+        state.auth_limiter.failed(address, credential)
+        # A fingerprint lets an operator correlate repeated failures; the credential stays out.
+        fingerprint = state.auth_limiter.fingerprint(credential) if credential else "none"
+        log.info(
+            "authentication failed from %s: %s (credential #%s)",
+            address,
+            exc.detail,
+            fingerprint[:12],
+        )
+        raise
+    request.state.principal = principal
+    return principal
+
+
+def get_scope(principal: Annotated[Principal, Depends(get_principal)]) -> Scope:
+    return read_scope(principal)
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+ScopeDep = Annotated[Scope, Depends(get_scope)]

@@ -1,0 +1,1 @@
+"""Identity: users, teams, keys, JWTs, and the principal/scope every request resolves to."""

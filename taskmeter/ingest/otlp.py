@@ -1,0 +1,276 @@
+"""OpenTelemetry intake: OTLP/HTTP trace exports → the ingestion API's events (INTERFACE.md).
+
+    root span (no parent)               → stream.started at its start, stream.finished at its end
+    gen_ai.operation.name = chat | text_completion | generate_content
+                                        → llm.call + step.completed (latency = span duration)
+    gen_ai.operation.name = execute_tool → tool.call
+    gen_ai.operation.name = invoke_agent (below the root) → agent.triggered
+
+Event ids derive from span ids (a re-exported span is a duplicate) and the stream id is the
+trace id, so spans may arrive in any order and any export batch. The events then take the
+same path as `POST /api/v1/usage/events`: validation, pricing, idempotent storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from taskmeter.errors import BadRequest, PayloadTooLarge
+
+__all__ = [
+    "MAX_DECODED_BYTES",
+    "MappedEvents",
+    "decode_request",
+    "encode_response",
+    "spans_to_events",
+]
+
+# What one export may expand to once gunzipped: far above any real batch, far below harm.
+MAX_DECODED_BYTES = 32 * 1024 * 1024
+LLM_OPERATIONS = {"chat", "text_completion", "generate_content"}
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _gunzip(body: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, MAX_DECODED_BYTES + 1)
+    except zlib.error:
+        raise BadRequest("the body is not valid gzip") from None
+    if len(out) > MAX_DECODED_BYTES or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the decompressed body may be at most {MAX_DECODED_BYTES} bytes")
+    return out
+
+
+def _hex_ids_to_base64(node: Any) -> Any:
+    """OTLP/JSON writes trace and span ids in hex; protobuf's JSON mapping expects base64."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in _ID_FIELDS and isinstance(value, str):
+                try:
+                    value = base64.b64encode(bytes.fromhex(value)).decode()
+                except ValueError:
+                    raise BadRequest(f"{key} {value[:40]!r} is not hex") from None
+            out[key] = _hex_ids_to_base64(value)
+        return out
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(v) for v in node]
+    return node
+
+
+def decode_request(
+    body: bytes, content_type: str, content_encoding: str | None
+) -> tuple[ExportTraceServiceRequest, str]:
+    """The export request and its encoding ("protobuf" or "json")."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        body = _gunzip(body)
+    elif encoding not in ("identity", ""):
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported (use gzip or none)")
+    media = content_type.split(";")[0].strip().lower()
+    request = ExportTraceServiceRequest()
+    if media == "application/x-protobuf":
+        try:
+            request.ParseFromString(body)
+        except (DecodeError, RecursionError, ValueError):
+            raise BadRequest("the body is not a valid OTLP protobuf export") from None
+        return request, "protobuf"
+    if media == "application/json":
+        try:
+            document = json.loads(body)
+            if not isinstance(document, dict):
+                raise BadRequest("an OTLP/JSON export is a JSON object")
+            json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
+        except (ValueError, json_format.ParseError, RecursionError, TypeError):
+            raise BadRequest("the body is not a valid OTLP/JSON export") from None
+        return request, "json"
+    raise BadRequest("Content-Type must be application/x-protobuf or application/json")
+
+
+def encode_response(rejected_spans: int, message: str, encoding: str) -> tuple[bytes, str]:
+    response = ExportTraceServiceResponse()
+    if rejected_spans:
+        response.partial_success.rejected_spans = rejected_spans
+        response.partial_success.error_message = message
+    if encoding == "json":
+        return json_format.MessageToJson(response).encode(), "application/json"
+    return response.SerializeToString(), "application/x-protobuf"
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+        return getattr(value, kind)
+    return None
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for item in items:
+        assert isinstance(item, KeyValue)
+        attributes[item.key] = _value(item.value)
+    return attributes
+
+
+def _time(nanos: int) -> str:
+    return datetime.fromtimestamp(nanos / 1e9, tz=UTC).isoformat()
+
+
+def _ms(span: Span) -> int:
+    return max(0, (span.end_time_unix_nano - span.start_time_unix_nano) // 1_000_000)
+
+
+def _int(attributes: dict[str, Any], *names: str) -> int:
+    for name in names:
+        value = attributes.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+def _first(attributes: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        value = attributes.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+@dataclass
+class _TraceSpan:
+    span: Span
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MappedEvents:
+    events: list[dict[str, Any]]
+    span_of_event: list[str]  # the span id (hex) each event came from
+
+
+def spans_to_events(request: ExportTraceServiceRequest) -> MappedEvents:
+    traces: dict[bytes, list[_TraceSpan]] = defaultdict(list)
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                traces[span.trace_id].append(
+                    _TraceSpan(span, _attributes(span.attributes), resource)
+                )
+    events: list[dict[str, Any]] = []
+    origins: list[str] = []
+    for trace_id, spans in traces.items():
+        for event, origin in _trace_events(trace_id, spans):
+            events.append(event)
+            origins.append(origin)
+    return MappedEvents(events, origins)
+
+
+def _trace_events(trace_id: bytes, spans: list[_TraceSpan]) -> list[tuple[dict[str, Any], str]]:
+    spans.sort(key=lambda s: (s.span.start_time_unix_nano, s.span.span_id))
+    every = [s.attributes for s in spans] + [spans[0].resource]
+    task_id = next((str(a["taskmeter.task_id"]) for a in every if a.get("taskmeter.task_id")), None)
+    task_id = (
+        task_id
+        or next(
+            (str(a["gen_ai.conversation.id"]) for a in every if a.get("gen_ai.conversation.id")),
+            None,
+        )
+        or trace_id.hex()
+    )
+    owner = next(
+        (
+            str(_first(a, "user.email", "enduser.id"))
+            for a in every
+            if _first(a, "user.email", "enduser.id")
+        ),
+        None,
+    )
+    try:
+        stream_id = str(uuid.UUID(bytes=trace_id))
+    except ValueError:
+        stream_id = trace_id.hex()  # not 16 bytes: the event is rejected as invalid
+    out: list[tuple[dict[str, Any], str]] = []
+    for item in spans:
+        span, a = item.span, item.attributes
+        span_hex = span.span_id.hex()
+
+        def event(
+            kind: str, suffix: str, nanos: int, span_hex: str = span_hex, **fields: Any
+        ) -> None:
+            out.append(
+                (
+                    {
+                        "id": f"{span_hex}.{suffix}",
+                        "type": kind,
+                        "time": _time(nanos),
+                        "stream_id": stream_id,
+                        "task_id": task_id,
+                        **fields,
+                    },
+                    span_hex,
+                )
+            )
+
+        operation = a.get("gen_ai.operation.name")
+        if not span.parent_span_id:
+            started: dict[str, Any] = {}
+            if owner:
+                started["user"] = owner
+            if a.get("taskmeter.task_title"):
+                started["task_title"] = str(a["taskmeter.task_title"])
+            if isinstance(a.get("taskmeter.is_byok"), bool):
+                started["is_byok"] = a["taskmeter.is_byok"]
+            event("stream.started", "start", span.start_time_unix_nano, **started)
+            failed = span.status.code == Status.STATUS_CODE_ERROR
+            finished: dict[str, Any] = {"status": "error" if failed else "completed"}
+            if failed:
+                finished["error_message"] = span.status.message or "span ended with an error"
+            event("stream.finished", "finish", span.end_time_unix_nano, **finished)
+        elif operation == "invoke_agent":
+            name = _first(a, "gen_ai.agent.name") or span.name.removeprefix("invoke_agent ")
+            event("agent.triggered", "agent", span.start_time_unix_nano, agent_name=str(name))
+        if operation in LLM_OPERATIONS:
+            call: dict[str, Any] = {
+                "input_tokens": _int(a, "gen_ai.usage.input_tokens"),
+                "output_tokens": _int(a, "gen_ai.usage.output_tokens"),
+                "cache_read_tokens": _int(a, "gen_ai.usage.cache_read.input_tokens"),
+                "cache_write_tokens": _int(a, "gen_ai.usage.cache_creation.input_tokens"),
+                "duration_ms": _ms(span),
+            }
+            model = _first(a, "gen_ai.response.model", "gen_ai.request.model")
+            provider = _first(a, "gen_ai.provider.name", "gen_ai.system")
+            if model:
+                call["model"] = str(model)
+            if provider:
+                call["provider"] = str(provider)
+            event("llm.call", "llm", span.start_time_unix_nano, **call)
+            event("step.completed", "step", span.end_time_unix_nano, latency_ms=_ms(span))
+        elif operation == "execute_tool":
+            name = _first(a, "gen_ai.tool.name") or span.name.removeprefix("execute_tool ")
+            event(
+                "tool.call",
+                "tool",
+                span.start_time_unix_nano,
+                tool_name=str(name),
+                duration_ms=_ms(span),
+            )
+    return out

@@ -1,0 +1,367 @@
+"""Ingestion: a batch of raw events → validated → stored once → projected, in one transaction.
+
+    raw events ─ parse_event ─▶ Event | Rejection
+               ─ owners resolved (users, their team *now*, their BYOK rate)
+               ─ streams locked (FOR UPDATE on PostgreSQL; SQLite's write lock is global)
+               ─ duplicates dropped, task and owner checked per event
+               ─ events inserted (on conflict do nothing), streams projected, tasks recomputed
+               ─ commit ─▶ {accepted, duplicates, rejected}
+
+Holding the stream rows' locks while checking duplicates makes the check exact: a concurrent
+batch touching the same stream waits, then sees what this one committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from taskmeter.identity.principal import Principal, scope_key
+from taskmeter.identity.service import IdentityError, normalise_email
+from taskmeter.ingest.projection import apply_event, open_for_update, refresh_derived
+from taskmeter.ingest.schemas import Event, LlmCall, Rejection, StreamStarted, parse_event
+from taskmeter.pricing.prices import CallTokens, PriceBook, usd_to_nano_credits
+from taskmeter.store import Store
+from taskmeter.store.tables import Membership, Stream, Task, UsageEvent, User
+from taskmeter.timeutil import utc_now
+from taskmeter.usage.figures import (
+    figures_from_json,
+    stream_figures,
+    task_figures,
+    task_row_values,
+)
+from taskmeter.usage.rollups import RollupDeltas, stream_contribution, task_contribution
+
+__all__ = ["IngestResult", "Ingestor", "project_tasks"]
+
+# Core inserts skip the ORM's Python-side defaults; these are the placeholder's.
+STREAM_DEFAULTS: dict[str, Any] = {
+    "started": False,
+    "model_calls": {},
+    "model": None,
+    "is_byok": False,
+    "step_count": 0,
+    "step_latency_ms": 0,
+    "tool_calls": 0,
+    "tool_time_ms": 0,
+    "tool_breakdown": {},
+    "tool_history": [],
+    "agent_triggers": 0,
+    "agent_breakdown": {},
+    "llm_calls": 0,
+    "llm_time_ms": 0,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_read_tokens": 0,
+    "cache_write_tokens": 0,
+    "reasoning_tokens": 0,
+    "unpriced_calls": 0,
+    "base_nano": 0,
+    "neo_credits_nano": 0,
+    "swept": False,
+}
+
+log = logging.getLogger("taskmeter.ingest")
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [r.as_json() for r in sorted(self.rejected, key=lambda r: r.index)],
+        }
+
+
+@dataclass(frozen=True)
+class Owner:
+    user_id: int
+    team_id: int | None
+    neo_cost_rate: Decimal | None
+
+
+def _owners(db: Session, emails: Iterable[str]) -> dict[str, Owner]:
+    wanted = sorted(set(emails))
+    if not wanted:
+        return {}
+    rows = db.execute(
+        select(User.email, User.id, Membership.team_id, User.neo_cost_rate)
+        .outerjoin(Membership, Membership.user_id == User.id)
+        .where(User.email.in_(wanted))
+    ).all()
+    return {email: Owner(uid, team, rate) for email, uid, team, rate in rows}
+
+
+def _insert(db: Session) -> Any:
+    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+class Ingestor:
+    """Turns batches of events into stored, priced, projected usage."""
+
+    def __init__(
+        self, store: Store, prices: PriceBook, *, credit_usd: Decimal, default_rate: Decimal
+    ) -> None:
+        self.store = store
+        self.prices = prices
+        self.credit_usd = credit_usd
+        self.default_rate = default_rate
+
+    def cost_nano(self, event: LlmCall) -> int | None:
+        if event.cost_usd is not None:
+            return usd_to_nano_credits(event.cost_usd, self.credit_usd)
+        usd = self.prices.price_usd(
+            event.model,
+            event.provider,
+            CallTokens(
+                event.input_tokens,
+                event.output_tokens,
+                event.cache_read_tokens,
+                event.cache_write_tokens,
+            ),
+            event.time,
+        )
+        return None if usd is None else usd_to_nano_credits(usd, self.credit_usd)
+
+    def ingest(self, principal: Principal, raw_events: Sequence[Any]) -> IngestResult:
+        result = IngestResult()
+        events: list[tuple[int, Event]] = []
+        seen: set[tuple[uuid.UUID, str]] = set()
+        for index, raw in enumerate(raw_events):
+            parsed = parse_event(index, raw)
+            if isinstance(parsed, Rejection):
+                result.rejected.append(parsed)
+            elif (parsed.stream_id, parsed.id) in seen:
+                result.duplicates += 1
+            else:
+                seen.add((parsed.stream_id, parsed.id))
+                events.append((index, parsed))
+        if events:
+            with self.store.write() as db:
+                self._store(db, principal, events, result)
+        return result
+
+    def _starter_email(self, principal: Principal, event: StreamStarted) -> str:
+        """The email that owns a stream this start event opens, or raise a Rejection code."""
+        if principal.is_service:
+            if not event.user:
+                raise _Reject("user_required", "stream.started needs `user` with a service key")
+            try:
+                return normalise_email(event.user)
+            except IdentityError as exc:
+                raise _Reject("invalid_event", f"user: {exc}") from None
+        assert principal.email is not None
+        if event.user and event.user.strip().lower() != principal.email:
+            raise _Reject("forbidden_stream", "a user's key may only start its own streams")
+        return principal.email
+
+    def _store(
+        self,
+        db: Session,
+        principal: Principal,
+        events: list[tuple[int, Event]],
+        result: IngestResult,
+    ) -> None:
+        now = utc_now()
+        emails = [
+            e.user.strip().lower()
+            for _, e in events
+            if isinstance(e, StreamStarted) and e.user and principal.is_service
+        ]
+        if principal.email:
+            emails.append(principal.email)
+        owners = _owners(db, emails)
+
+        first_task: dict[uuid.UUID, str] = {}
+        for _, event in events:
+            first_task.setdefault(event.stream_id, event.task_id)
+        insert = _insert(db)
+        # One cached statement with a parameter list (executemany), not a fresh multi-row
+        # VALUES statement per batch: compiling those dominated ingestion time.
+        db.execute(
+            insert(Stream.__table__).on_conflict_do_nothing(index_elements=["stream_id"]),
+            [
+                {**STREAM_DEFAULTS, "stream_id": sid, "task_id": first_task[sid]}
+                for sid in sorted(first_task)
+            ],
+        )
+        ids = sorted(first_task)
+        streams = {
+            s.stream_id: s
+            for s in db.scalars(
+                select(Stream)
+                .where(Stream.stream_id.in_(ids))
+                .order_by(Stream.stream_id)
+                .with_for_update()
+            )
+        }
+        stored: set[tuple[uuid.UUID, str]] = {
+            (sid, eid)
+            for sid, eid in db.execute(
+                select(UsageEvent.stream_id, UsageEvent.event_id).where(
+                    UsageEvent.stream_id.in_(ids),
+                    UsageEvent.event_id.in_(sorted({e.id for _, e in events})),
+                )
+            )
+        }
+        rollups = RollupDeltas()
+        before = {sid: stream_contribution(s) for sid, s in streams.items()}
+        for stream in streams.values():
+            open_for_update(stream)
+
+        rows: list[dict[str, Any]] = []
+        for index, event in events:
+            if (event.stream_id, event.id) in stored:
+                result.duplicates += 1
+                continue
+            stream = streams[event.stream_id]
+            try:
+                self._check(principal, stream, event, owners)
+            except _Reject as rejection:
+                result.rejected.append(
+                    Rejection(index, event.id, rejection.code, rejection.message)
+                )
+                continue
+            cost = self.cost_nano(event) if isinstance(event, LlmCall) else None
+            apply_event(stream, event, cost)
+            stream.last_received_at = now
+            rows.append(_event_row(event, cost, now))
+            result.accepted += 1
+
+        if rows:
+            db.execute(
+                insert(UsageEvent.__table__).on_conflict_do_nothing(
+                    index_elements=["stream_id", "event_id"]
+                ),
+                rows,
+            )
+        touched = {sid for sid in {e.stream_id for _, e in events} if sid in streams}
+        for sid in touched:
+            refresh_derived(streams[sid], self.default_rate)
+            rollups.stream_changed(before[sid], stream_contribution(streams[sid]))
+        db.flush()
+        project_tasks(
+            db,
+            {
+                (s.scope, s.task_id)
+                for s in (streams[sid] for sid in touched)
+                if s.scope is not None and s.status is not None
+            },
+            rollups,
+        )
+        rollups.write(db)
+
+    def _check(
+        self, principal: Principal, stream: Stream, event: Event, owners: dict[str, Owner]
+    ) -> None:
+        if stream.first_event_at is None:
+            # Nothing accepted yet: the stream is still unclaimed by any task.
+            stream.task_id = event.task_id
+        if stream.task_id != event.task_id:
+            raise _Reject(
+                "task_mismatch",
+                f"stream {event.stream_id} belongs to task {stream.task_id!r}, "
+                f"not {event.task_id!r}",
+            )
+        if (
+            not principal.is_service
+            and stream.owner_user_id is not None
+            and stream.owner_user_id != principal.user_id
+        ):
+            raise _Reject("forbidden_stream", "this stream belongs to another user")
+        if isinstance(event, StreamStarted):
+            email = self._starter_email(principal, event)
+            owner = owners.get(email)
+            if owner is None:
+                raise _Reject("unknown_user", f"no user with email {email}")
+            if stream.owner_user_id is not None and stream.owner_user_id != owner.user_id:
+                raise _Reject("forbidden_stream", "this stream belongs to another user")
+            if stream.scope is None:
+                # Ownership is stamped, not looked up: the owner's team at this moment.
+                stream.owner_user_id = owner.user_id
+                stream.team_id = owner.team_id
+                stream.scope = scope_key(team_id=owner.team_id, user_id=owner.user_id)
+                stream.neo_cost_rate = owner.neo_cost_rate
+        elif not principal.is_service and stream.owner_user_id is None:
+            stream.owner_user_id = principal.user_id
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _event_row(event: Event, cost_nano: int | None, now: datetime) -> dict[str, Any]:
+    payload = event.model_dump(
+        mode="json", exclude={"id", "type", "time", "stream_id", "task_id"}, exclude_none=True
+    )
+    return {
+        "stream_id": event.stream_id,
+        "event_id": event.id,
+        "task_id": event.task_id,
+        "type": event.type,
+        "time": event.time,
+        "model": getattr(event, "model", None),
+        "payload": payload,
+        "cost_nano": cost_nano,
+        "received_at": now,
+    }
+
+
+def project_tasks(db: Session, keys: set[tuple[str, str]], rollups: RollupDeltas) -> None:
+    """Recompute the task rows for (scope, task_id) from their visible streams.
+
+    Two transactions finishing different streams of one task must not both compute from a
+    snapshot that misses the other's stream: on PostgreSQL each task is recomputed under a
+    transaction-scoped advisory lock (taken in sorted order, so they cannot deadlock), and
+    the query that follows sees everything committed before the lock was granted.
+    """
+    postgres = db.get_bind().dialect.name == "postgresql"
+    insert = _insert(db)
+    for scope, task_id in sorted(keys):
+        if postgres:
+            db.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"task:{scope}:{task_id}"},
+            )
+        old = db.scalar(select(Task.row).where(Task.scope == scope, Task.task_id == task_id))
+        old_figures = figures_from_json(old) if old is not None else None
+        streams = db.scalars(
+            select(Stream).where(
+                Stream.scope == scope,
+                Stream.task_id == task_id,
+                Stream.status.is_not(None),
+                Stream.started.is_(True),
+            )
+        ).all()
+        if not streams:
+            db.execute(delete(Task).where(Task.scope == scope, Task.task_id == task_id))
+            rollups.task_changed(task_contribution(scope, old_figures), None)
+            continue
+        figures = task_figures([stream_figures(s) for s in streams])
+        rollups.task_changed(
+            task_contribution(scope, old_figures), task_contribution(scope, figures)
+        )
+        values = task_row_values(figures)
+        db.execute(
+            insert(Task)
+            .values(scope=scope, task_id=task_id, **values)
+            .on_conflict_do_update(index_elements=["scope", "task_id"], set_=values)
+        )

@@ -1,0 +1,1 @@
+"""Pricing: USD per call (genai-prices + operator overrides), credits, BYOK, credit accounts."""

@@ -1,0 +1,91 @@
+"""Engines and sessions for both stores.
+
+SQLite allows one writer at a time. A write transaction that starts as a reader and later
+upgrades fails with "database is locked" instead of waiting, so on SQLite writes go through
+their own engine whose transactions begin with ``BEGIN IMMEDIATE`` (they queue on the busy
+timeout), while reads use plain deferred transactions that never block behind a writer in
+WAL mode. On PostgreSQL both are the same engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from taskmeter.config import Settings
+
+__all__ = ["Store"]
+
+
+def _sqlite_engine(url: str, *, immediate: bool, busy_timeout_ms: int) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged event survives power loss, not only a process crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Store:
+    """The database behind the service: one URL, a read path and a write path."""
+
+    def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = 30_000) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            self.dialect = "sqlite"
+            busy = sqlite_busy_timeout_ms
+            self.read_engine = _sqlite_engine(url, immediate=False, busy_timeout_ms=busy)
+            self.write_engine = _sqlite_engine(url, immediate=True, busy_timeout_ms=busy)
+        else:
+            self.dialect = "postgresql"
+            self.read_engine = create_engine(
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5
+            )
+            self.write_engine = self.read_engine
+        self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
+        self._writer = sessionmaker(self.write_engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store an operator configured (URL and SQLite lock wait)."""
+        return cls(settings.sqlalchemy_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for queries; rolled back at the end, it never writes."""
+        with self._reader() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that commits on success and rolls back on any error."""
+        with self._writer() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        with self.read_engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()

@@ -1,0 +1,301 @@
+"""The schema, one definition for SQLite and PostgreSQL.
+
+Identity: users, teams, memberships (a user in at most one team), api_keys, credit_grants.
+Usage: usage_events (raw, append-only, idempotent on (stream_id, event_id)), and the
+projections built from them as they land: streams (one row per stream) and tasks (one row per
+task and scope). A *scope* is the key a reader is entitled to, and the credit account that pays:
+``t<team id>`` for a stream stamped with a team, ``u<user id>`` for a solo user's stream. A
+stream gets its scope when it starts; readers see it once it has a status (finished).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "CreditGrant",
+    "Membership",
+    "ScopeTotal",
+    "Stream",
+    "StreamRollup",
+    "Task",
+    "TaskRollup",
+    "Team",
+    "UsageEvent",
+    "User",
+]
+
+# SQLite only aliases the rowid for a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Stored lower-cased: emails are case-insensitive and unique.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    neo_cost_rate: Mapped[Decimal | None] = mapped_column(DecimalText())
+    credits_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    credits_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+
+    # The primary key on user_id is what makes "at most one team per user" a fact of the store.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # "user" | "service"
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CreditGrant(Base):
+    __tablename__ = "credit_grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), index=True)
+    amount_nano: Mapped[int] = mapped_column(BigInteger)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class UsageEvent(Base):
+    """One recorded event, exactly once: the idempotency key is (stream_id, event_id)."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (UniqueConstraint("stream_id", "event_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    stream_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    event_id: Mapped[str] = mapped_column(String(128))
+    task_id: Mapped[str] = mapped_column(String(256))
+    type: Mapped[str] = mapped_column(String(32))
+    time: Mapped[datetime] = mapped_column(UTCDateTime())
+    model: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
+    # The price of an llm.call in nano-credits, fixed when it landed so re-reads never drift;
+    # NULL for a call no price was found for (it costs 0 and is counted unpriced).
+    cost_nano: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Stream(Base):
+    """The projection of one stream: every number SEMANTICS.md derives, kept as events land."""
+
+    __tablename__ = "streams"
+    __table_args__ = (
+        # The list endpoint's two orders over finished streams, read backwards:
+        # created_at DESC, stream_id DESC and base_nano DESC, created_at DESC, stream_id DESC.
+        # `status` rides along so SQLite sees the index as covering for the page's count
+        # (otherwise it counts through another index and reads every row: 200 ms at 90k).
+        Index(
+            "ix_streams_scope_created",
+            "scope",
+            "created_at",
+            "stream_id",
+            "status",
+            sqlite_where=text("status IS NOT NULL"),
+            postgresql_where=text("status IS NOT NULL"),
+        ),
+        Index(
+            "ix_streams_scope_cost",
+            "scope",
+            "base_nano",
+            "created_at",
+            "stream_id",
+            sqlite_where=text("status IS NOT NULL"),
+            postgresql_where=text("status IS NOT NULL"),
+        ),
+        Index("ix_streams_scope_task", "scope", "task_id"),
+        Index("ix_streams_scope_owner_created", "scope", "owner_user_id", "created_at"),
+        # The sweeper's question, "which open streams went quiet?", reads only open streams.
+        Index(
+            "ix_streams_open_idle",
+            "last_received_at",
+            sqlite_where=text("status IS NULL"),
+            postgresql_where=text("status IS NULL"),
+        ),
+    )
+
+    stream_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(256))
+    owner_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    # Stamped when the stream starts: the reader scope and the credit account.
+    scope: Mapped[str | None] = mapped_column(String(24))
+    started: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_event_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finish_event_id: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str | None] = mapped_column(String(16))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    stated_execution_ms: Mapped[int | None] = mapped_column(BigInteger)
+    declared_model: Mapped[str | None] = mapped_column(String(200))
+    # Derived: the declared model, else the one with the most calls (kept for filtering).
+    model: Mapped[str | None] = mapped_column(String(200))
+    model_calls: Mapped[dict[str, int]] = mapped_column(JSONDoc(), default=dict)
+    task_title: Mapped[str | None] = mapped_column(Text)
+    is_byok: Mapped[bool] = mapped_column(Boolean, default=False)
+    neo_cost_rate: Mapped[Decimal | None] = mapped_column(DecimalText())
+    step_count: Mapped[int] = mapped_column(Integer, default=0)
+    step_latency_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    tool_time_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    tool_breakdown: Mapped[dict[str, Any]] = mapped_column(JSONDoc(), default=dict)
+    # [[start_ms, event_id, tool_name, duration_ms], …] in (start, event id) order.
+    tool_history: Mapped[list[Any]] = mapped_column(JSONDoc(), default=list)
+    agent_triggers: Mapped[int] = mapped_column(Integer, default=0)
+    agent_breakdown: Mapped[dict[str, int]] = mapped_column(JSONDoc(), default=dict)
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0)
+    llm_time_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # The stream's USD cost in nano-credits ("base amount"); neo_credits derive from it.
+    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    swept: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Task(Base):
+    """A task aggregated over its finished streams in one scope."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_scope_created", "scope", "created_at", "task_id"),
+        Index("ix_tasks_scope_cost", "scope", "base_nano", "created_at", "task_id"),
+        Index("ix_tasks_scope_owner_created", "scope", "owner_user_id", "created_at"),
+    )
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    owner_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(200))
+    task_title: Mapped[str | None] = mapped_column(Text)
+    is_byok: Mapped[bool] = mapped_column(Boolean, default=False)
+    stream_count: Mapped[int] = mapped_column(Integer)
+    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    row: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
+
+
+class StreamRollup(Base):
+    """Additive stream figures per scope and 15-minute UTC bucket of `created_at`.
+
+    Fifteen minutes divides every UTC offset in use (…:30, …:45 zones included), so periods
+    can be cut in any time zone from these rows. Running streams are kept too (`finished`
+    false): credit balances count them at once; the summary reads finished ones only.
+    """
+
+    __tablename__ = "stream_rollups"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner_user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    is_byok: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    finished: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    streams: Mapped[int] = mapped_column(BigInteger, default=0)
+    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    tool_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    agent_triggers: Mapped[int] = mapped_column(BigInteger, default=0)
+    execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ScopeTotal(Base):
+    """Each scope's count of finished streams and of tasks, kept as deltas like the rollups:
+    the unfiltered lists' `total` without counting a scope's rows on every page."""
+
+    __tablename__ = "scope_totals"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    finished_streams: Mapped[int] = mapped_column(BigInteger, default=0)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TaskRollup(Base):
+    """Task counts per scope and 15-minute UTC bucket of the task's `created_at`."""
+
+    __tablename__ = "task_rollups"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner_user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    is_byok: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)

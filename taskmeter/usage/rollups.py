@@ -1,0 +1,165 @@
+"""Additive rollups the summary reads: a change to a stream or task is a delta.
+
+When a row changes, its old contribution is subtracted and its new one added, so the rollups
+always equal a GROUP BY over the rows, without one ever being run. Upserts are sorted by key
+(concurrent transactions then lock rollup rows in one order and cannot deadlock) and issued
+last in the transaction (hot rows stay locked briefly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from taskmeter.store.tables import ScopeTotal, Stream, StreamRollup, TaskRollup
+from taskmeter.usage.figures import stream_execution_ms, stream_model
+
+__all__ = [
+    "BUCKET_S",
+    "STREAM_VALUES",
+    "Contribution",
+    "RollupDeltas",
+    "bucket_of",
+    "stream_contribution",
+    "task_contribution",
+]
+
+BUCKET_S = 900
+STREAM_KEY = ("scope", "bucket", "owner_user_id", "model", "is_byok", "finished")
+STREAM_VALUES = (
+    "streams",
+    "neo_credits_nano",
+    "base_nano",
+    "tool_calls",
+    "input_tokens",
+    "output_tokens",
+    "steps",
+    "agent_triggers",
+    "execution_ms",
+)
+TASK_KEY = ("scope", "bucket", "owner_user_id", "model", "status", "is_byok")
+TASK_VALUES = ("tasks",)
+SCOPE_KEY = ("scope",)
+_STREAM_SCOPE = STREAM_KEY.index("scope")
+_STREAM_FINISHED = STREAM_KEY.index("finished")
+_TASK_SCOPE = TASK_KEY.index("scope")
+SCOPE_VALUES = ("finished_streams", "tasks")
+
+Contribution = tuple[tuple[Any, ...], tuple[int, ...]]
+
+
+def bucket_of(moment: datetime) -> int:
+    return int(moment.timestamp()) // BUCKET_S
+
+
+def stream_contribution(stream: Stream) -> Contribution | None:
+    """What a started stream adds to the stream rollups (None before it has an owner)."""
+    if stream.scope is None or stream.created_at is None or stream.owner_user_id is None:
+        return None
+    finished = stream.status is not None and stream.finished_at is not None
+    key = (
+        stream.scope,
+        bucket_of(stream.created_at),
+        stream.owner_user_id,
+        stream_model(stream),
+        stream.is_byok,
+        finished,
+    )
+    values = (
+        1,
+        stream.neo_credits_nano,
+        stream.base_nano,
+        stream.tool_calls,
+        stream.input_tokens,
+        stream.output_tokens,
+        stream.step_count,
+        stream.agent_triggers,
+        stream_execution_ms(stream) if finished else 0,
+    )
+    return key, values
+
+
+def task_contribution(scope: str, figures: dict[str, Any] | None) -> Contribution | None:
+    if figures is None:
+        return None
+    key = (
+        scope,
+        bucket_of(figures["created_at"]),
+        figures["owner_user_id"],
+        figures["model"],
+        figures["status"],
+        figures["is_byok"],
+    )
+    return key, (1,)
+
+
+class RollupDeltas:
+    """Collects before/after contributions within one transaction, then writes the sums."""
+
+    def __init__(self) -> None:
+        self._streams: dict[tuple[Any, ...], list[int]] = {}
+        self._tasks: dict[tuple[Any, ...], list[int]] = {}
+        self._scopes: dict[tuple[Any, ...], list[int]] = {}
+
+    @staticmethod
+    def _add(into: dict[tuple[Any, ...], list[int]], item: Contribution | None, sign: int) -> None:
+        if item is None:
+            return
+        key, values = item
+        current = into.setdefault(key, [0] * len(values))
+        for i, value in enumerate(values):
+            current[i] += sign * value
+
+    def stream_changed(self, before: Contribution | None, after: Contribution | None) -> None:
+        if before != after:
+            self._add(self._streams, before, -1)
+            self._add(self._streams, after, +1)
+            for item, sign in ((before, -1), (after, +1)):
+                if item is not None and item[0][_STREAM_FINISHED]:  # what the list counts
+                    self._add(self._scopes, ((item[0][_STREAM_SCOPE],), (1, 0)), sign)
+
+    def task_changed(self, before: Contribution | None, after: Contribution | None) -> None:
+        if before != after:
+            self._add(self._tasks, before, -1)
+            self._add(self._tasks, after, +1)
+            for item, sign in ((before, -1), (after, +1)):
+                if item is not None:
+                    self._add(self._scopes, ((item[0][_TASK_SCOPE],), (0, 1)), sign)
+
+    def write(self, db: Session) -> None:
+        _upsert(db, StreamRollup.__table__, STREAM_KEY, STREAM_VALUES, self._streams.items())  # type: ignore[arg-type]
+        _upsert(db, TaskRollup.__table__, TASK_KEY, TASK_VALUES, self._tasks.items())  # type: ignore[arg-type]
+        # Last: every writer of a scope updates this one row, so it is held the shortest.
+        _upsert(db, ScopeTotal.__table__, SCOPE_KEY, SCOPE_VALUES, self._scopes.items())  # type: ignore[arg-type]
+        self._streams.clear()
+        self._tasks.clear()
+        self._scopes.clear()
+
+
+def _upsert(
+    db: Session,
+    table: Table,
+    key_names: tuple[str, ...],
+    value_names: tuple[str, ...],
+    deltas: Iterable[tuple[tuple[Any, ...], list[int]]],
+) -> None:
+    rows = [
+        {**dict(zip(key_names, key, strict=True)), **dict(zip(value_names, values, strict=True))}
+        for key, values in sorted(deltas, key=lambda kv: tuple(map(str, kv[0])))
+        if any(values)
+    ]
+    if not rows:
+        return
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key_names),
+        set_={name: table.c[name] + statement.excluded[name] for name in value_names},
+    )
+    db.execute(statement, rows)

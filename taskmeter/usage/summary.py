@@ -1,0 +1,434 @@
+"""`GET /api/v1/usage/summary`: totals, breakdowns, periods and the credit account of a scope.
+
+Whole 15-minute buckets inside [from, to) are read from the additive rollups; the partial
+buckets at the window's edges are read from the rows themselves, so every figure is exact for
+any `from`/`to`, while the work stays proportional to the number of buckets, never to the
+number of streams. Periods are cut in `tz`: rollup buckets are grouped in SQL by the largest
+unit that divides every UTC offset the zone uses in the window (a day for UTC, an hour for
+most zones, 15 minutes at worst), then assigned to local days, ISO weeks or months.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, func, select, text
+from sqlalchemy.orm import Session
+
+from taskmeter.errors import BadRequest
+from taskmeter.identity.principal import Scope
+from taskmeter.pricing.credits import credits_from_nano
+from taskmeter.store.tables import (
+    CreditGrant,
+    Stream,
+    StreamRollup,
+    Task,
+    TaskRollup,
+    Team,
+    User,
+)
+from taskmeter.timeutil import utc_now
+from taskmeter.usage.figures import figures_from_json
+from taskmeter.usage.params import SummaryQuery, Window
+from taskmeter.usage.rollups import (
+    BUCKET_S,
+    STREAM_VALUES,
+    stream_contribution,
+    task_contribution,
+)
+
+__all__ = ["MAX_PERIODS", "summarise"]
+
+MAX_PERIODS = 5000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Totals:
+    streams: int = 0
+    neo_credits: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    steps: int = 0
+    agent_triggers: int = 0
+    execution_ms: int = 0
+    byok_streams: int = 0
+    byok_base: int = 0
+    byok_neo: int = 0
+    tasks: int = 0
+    byok_tasks: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    owners: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    periods: dict[date, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self.models.setdefault(
+            name,
+            {
+                "tasks": 0,
+                "streams": 0,
+                "neo_credits": 0,
+                "llm_cost": None,
+                "tool_calls": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+            },
+        )
+
+    def add_streams(self, owner: int, model: str, is_byok: bool, v: tuple[int, ...]) -> None:
+        if not any(v):
+            return  # a rollup row whose contributions have all moved elsewhere
+        streams, neo, base, tools, inp, out, steps, agents, execution = v
+        self.streams += streams
+        self.neo_credits += neo
+        self.tool_calls += tools
+        self.input_tokens += inp
+        self.output_tokens += out
+        self.steps += steps
+        self.agent_triggers += agents
+        self.execution_ms += execution
+        entry = self.model(model)
+        entry["streams"] += streams
+        entry["neo_credits"] += neo
+        entry["tool_calls"] += tools
+        entry["input_tokens"] += inp
+        entry["output_tokens"] += out
+        if is_byok:
+            self.byok_streams += streams
+            self.byok_base += base
+            self.byok_neo += neo
+            entry["llm_cost"] = (entry["llm_cost"] or 0) + base
+        self.owners[owner][0] += neo
+
+    def add_tasks(self, owner: int, model: str, status: str, is_byok: bool, n: int) -> None:
+        if not n:
+            return
+        self.tasks += n
+        self.by_status[status] += n
+        self.model(model)["tasks"] += n
+        self.owners[owner][1] += n
+        if is_byok:
+            self.byok_tasks += n
+
+
+def _period_start(local_day: date, group_by: str) -> date:
+    if group_by == "week":
+        return local_day - timedelta(days=local_day.weekday())
+    if group_by == "month":
+        return local_day.replace(day=1)
+    return local_day
+
+
+def _next_period(start: date, group_by: str) -> date:
+    if group_by == "day":
+        return start + timedelta(days=1)
+    if group_by == "week":
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _grain_buckets(zone: ZoneInfo, start: datetime, end: datetime) -> int:
+    """How many 15-minute buckets can be grouped and still fall in one local day."""
+    offsets: set[int] = set()
+    probe = start
+    step = timedelta(days=7)
+    while True:
+        utc_offset = probe.astimezone(zone).utcoffset()
+        offsets.add(int(utc_offset.total_seconds()) if utc_offset else 0)
+        if probe >= end:
+            break
+        probe = min(end, probe + step)
+    grain = 86_400
+    for offset in offsets:
+        grain = math.gcd(grain, abs(offset) % 86_400 or 86_400)
+    return max(1, grain // BUCKET_S)
+
+
+def _bucket_bounds(window: Window) -> tuple[int | None, int | None]:
+    """The whole buckets inside the window: [first, last)."""
+    first = None if window.start is None else math.ceil(window.start.timestamp() / BUCKET_S)
+    last = None if window.end is None else math.floor(window.end.timestamp() / BUCKET_S)
+    return first, last
+
+
+def _bucket_time(bucket: int) -> datetime:
+    return EPOCH + timedelta(seconds=bucket * BUCKET_S)
+
+
+class _Summary:
+    def __init__(self, db: Session, scope: Scope, query: SummaryQuery) -> None:
+        self.db = db
+        self.scope = scope
+        self.query = query
+        self.totals = Totals()
+
+    def _period_of(self, moment: datetime) -> date:
+        assert self.query.group_by is not None
+        return _period_start(moment.astimezone(self.query.tz).date(), self.query.group_by)
+
+    def _stream_rollups(self, first: int | None, last: int | None, grain: int) -> None:
+        r = StreamRollup
+        where: list[ColumnElement[bool]] = [r.scope == self.scope.key, r.finished.is_(True)]
+        if first is not None:
+            where.append(r.bucket >= first)
+        if last is not None:
+            where.append(r.bucket < last)
+        # The same columns, in the same order, as a stream's contribution (Totals reads them).
+        sums = [func.sum(getattr(r, c)) for c in STREAM_VALUES]
+        for owner, model, is_byok, *values in self.db.execute(
+            select(r.owner_user_id, r.model, r.is_byok, *sums)
+            .where(*where)
+            .group_by(r.owner_user_id, r.model, r.is_byok)
+        ):
+            self.totals.add_streams(owner, model, is_byok, tuple(int(v or 0) for v in values))
+        task = TaskRollup
+        task_where: list[ColumnElement[bool]] = [task.scope == self.scope.key]
+        if first is not None:
+            task_where.append(task.bucket >= first)
+        if last is not None:
+            task_where.append(task.bucket < last)
+        for owner, model, status, is_byok, n in self.db.execute(
+            select(task.owner_user_id, task.model, task.status, task.is_byok, func.sum(task.tasks))
+            .where(*task_where)
+            .group_by(task.owner_user_id, task.model, task.status, task.is_byok)
+        ):
+            self.totals.add_tasks(owner, model, status, is_byok, int(n or 0))
+        if self.query.group_by is None:
+            return
+        for table, column, slot in ((r, r.neo_credits_nano, 0), (task, task.tasks, 1)):
+            conditions = where if table is r else task_where
+            # Floor division on integers: `bucket // grain` is integer division on both stores
+            # (buckets are positive: ingestion keeps times after 2000).
+            unit = table.bucket // grain if grain > 1 else table.bucket
+            for unit_value, amount in self.db.execute(
+                select(unit, func.sum(column)).where(*conditions).group_by(unit)
+            ):
+                moment = _bucket_time(int(unit_value) * grain)
+                self.totals.periods[self._period_of(moment)][slot] += int(amount or 0)
+
+    def _edge_rows(self, start: datetime, end: datetime) -> None:
+        """Streams and tasks created in a partial bucket at the window's edge, read exactly."""
+        if start >= end:
+            return
+        for stream in self.db.scalars(
+            select(Stream).where(
+                Stream.scope == self.scope.key,
+                Stream.status.is_not(None),
+                Stream.created_at >= start,
+                Stream.created_at < end,
+            )
+        ):
+            contribution = stream_contribution(stream)
+            if contribution is None or not contribution[0][5]:
+                continue
+            (_, _, owner, model, is_byok, _), values = contribution
+            self.totals.add_streams(owner, model, is_byok, values)
+            if self.query.group_by is not None:
+                assert stream.created_at is not None
+                self.totals.periods[self._period_of(stream.created_at)][0] += values[1]
+        for row in self.db.scalars(
+            select(Task.row).where(
+                Task.scope == self.scope.key, Task.created_at >= start, Task.created_at < end
+            )
+        ):
+            figures = figures_from_json(row)
+            item = task_contribution(self.scope.key, figures)
+            assert item is not None
+            (_, _, owner, model, status, is_byok), _ = item
+            self.totals.add_tasks(owner, model, status, is_byok, 1)
+            if self.query.group_by is not None:
+                self.totals.periods[self._period_of(figures["created_at"])][1] += 1
+
+    @functools.cached_property
+    def _data_span(self) -> tuple[datetime, datetime] | None:
+        """The first and last bucket with finished streams: one query, only if periods need it."""
+        low, high = self.db.execute(
+            select(func.min(StreamRollup.bucket), func.max(StreamRollup.bucket)).where(
+                StreamRollup.scope == self.scope.key, StreamRollup.finished.is_(True)
+            )
+        ).one()
+        if low is None:
+            return None
+        return _bucket_time(int(low)), _bucket_time(int(high) + 1)
+
+    def _periods(self, window: Window) -> list[dict[str, Any]]:
+        assert self.query.group_by is not None
+        span = self._data_span
+        start = window.start or (span[0] if span else None)
+        end = window.end or max(utc_now(), span[1] if span else utc_now())
+        if start is None or start >= end:
+            return []
+        group_by = self.query.group_by
+        first = self._period_of(start)
+        last = self._period_of(end - timedelta(microseconds=1))
+        periods = []
+        current = first
+        while current <= last:
+            periods.append(current)
+            if len(periods) > MAX_PERIODS:
+                raise BadRequest(
+                    f"the range holds more than {MAX_PERIODS} {group_by} periods; "
+                    "narrow from/to or group by a longer period"
+                )
+            current = _next_period(current, group_by)
+        return [
+            {
+                "date": p.isoformat(),
+                "neo_credits": credits_from_nano(self.totals.periods[p][0]),
+                "tasks": self.totals.periods[p][1],
+            }
+            for p in periods
+        ]
+
+    def run(self) -> dict[str, Any]:
+        window = self.query.window
+        if not window.empty:
+            first, last = _bucket_bounds(window)
+            if first is not None and last is not None and first >= last:
+                assert window.start is not None and window.end is not None
+                self._edge_rows(window.start, window.end)
+            else:
+                grain = 1
+                span = self._data_span if self.query.group_by is not None else None
+                if span is not None:
+                    grain = _grain_buckets(
+                        self.query.tz,
+                        max(window.start or span[0], span[0]),
+                        min(window.end or span[1], span[1]),
+                    )
+                self._stream_rollups(first, last, grain)
+                if window.start is not None and first is not None:
+                    self._edge_rows(window.start, _bucket_time(first))
+                if window.end is not None and last is not None:
+                    self._edge_rows(_bucket_time(last), window.end)
+        return self._response(window)
+
+    def _response(self, window: Window) -> dict[str, Any]:
+        t = self.totals
+        by_model = {
+            name: {
+                **entry,
+                "neo_credits": credits_from_nano(entry["neo_credits"]),
+                "llm_cost": None
+                if entry["llm_cost"] is None
+                else credits_from_nano(entry["llm_cost"]),
+            }
+            for name, entry in sorted(t.models.items())
+        }
+        body: dict[str, Any] = {
+            "total_tasks": t.tasks,
+            "total_neo_credits": credits_from_nano(t.neo_credits),
+            "by_status": {status: n for status, n in sorted(t.by_status.items()) if n},
+            "by_model": by_model,
+        }
+        if self.scope.is_team_admin:
+            emails = (
+                dict(
+                    self.db.execute(
+                        select(User.id, User.email).where(User.id.in_(sorted(t.owners)))
+                    ).all()
+                )
+                if t.owners
+                else {}
+            )
+            ranked = sorted(
+                (
+                    (neo, emails.get(owner, ""), tasks)
+                    for owner, (neo, tasks) in t.owners.items()
+                    if neo or tasks
+                ),
+                key=lambda e: (-e[0], e[1]),
+            )
+            body["by_email"] = [
+                {"email": email, "neo_credits": credits_from_nano(neo), "tasks": tasks}
+                for neo, email, tasks in ranked
+            ]
+        if self.query.group_by is not None:
+            body["by_period"] = [] if window.empty else self._periods(window)
+        body["byok"] = {
+            "total_llm_cost": credits_from_nano(t.byok_base),
+            "total_neo_cost": credits_from_nano(t.byok_neo),
+            "total_streams": t.byok_streams,
+            "total_tasks": t.byok_tasks,
+        }
+        body.update(
+            total_steps=t.steps,
+            total_tool_calls=t.tool_calls,
+            total_agent_triggers=t.agent_triggers,
+            total_execution_ms=t.execution_ms,
+        )
+        body.update(credit_account(self.db, self.scope))
+        return body
+
+
+def summarise(db: Session, scope: Scope, query: SummaryQuery) -> dict[str, Any]:
+    if db.get_bind().dialect.name == "postgresql":
+        # The planner expects a group per rollup row, so with the default 4 MB it sorts a
+        # large team's year on disk; with room it hashes the few hundred groups in memory
+        # (EXPLAIN ANALYZE, 90,000-stream team: 76 ms -> 31 ms for the owner/model totals).
+        # For this transaction only.
+        db.execute(text("SET LOCAL work_mem = '32MB'"))
+    return _Summary(db, scope, query).run()
+
+
+def _charged_since(db: Session, scope: Scope, since: datetime | None) -> int:
+    """Credits charged to the account by its streams created at or after `since`, running
+    streams included (usage counts against the balance at once)."""
+    where: list[ColumnElement[bool]] = [StreamRollup.scope == scope.key]
+    edge = 0
+    if since is not None:
+        first = math.ceil(since.timestamp() / BUCKET_S)
+        where.append(StreamRollup.bucket >= first)
+        edge = int(
+            db.scalar(
+                select(func.coalesce(func.sum(Stream.neo_credits_nano), 0)).where(
+                    Stream.scope == scope.key,
+                    Stream.created_at >= since,
+                    Stream.created_at < _bucket_time(first),
+                )
+            )
+            or 0
+        )
+    total = db.scalar(
+        select(func.coalesce(func.sum(StreamRollup.neo_credits_nano), 0)).where(*where)
+    )
+    return int(total or 0) + edge
+
+
+def credit_account(db: Session, scope: Scope) -> dict[str, Any]:
+    """The credit account of the caller's scope (SEMANTICS.md, Credit accounts)."""
+    if scope.kind == "team":
+        owner_filter = CreditGrant.team_id == scope.team_id
+        reset_at = db.scalar(select(Team.credits_reset_at).where(Team.id == scope.team_id))
+    else:
+        owner_filter = CreditGrant.user_id == scope.user_id
+        reset_at = db.scalar(select(User.credits_reset_at).where(User.id == scope.user_id))
+    now = utc_now()
+    grants = db.execute(
+        select(CreditGrant.amount_nano, CreditGrant.expires_at).where(owner_filter)
+    ).all()
+    live = [(amount, expires) for amount, expires in grants if expires is None or expires > now]
+    issued = sum(amount for amount, _ in live)
+    used = _charged_since(db, scope, reset_at)
+    expiries = [expires for _, expires in live if expires is not None]
+    expired = bool(grants) and not live
+    return {
+        "total_issued_neo_credits": credits_from_nano(issued),
+        "total_available_neo_credits": credits_from_nano(max(0, issued - used)),
+        "total_neo_credits_post_reset": credits_from_nano(used),
+        "last_credit_reset": _iso(reset_at),
+        "neo_credits_expires_at": _iso(min(expiries)) if expiries else None,
+        "neo_credits_is_expired": expired,
+    }

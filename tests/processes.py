@@ -1,0 +1,59 @@
+"""`taskmeter serve` in a process of its own, for tests that kill, restart or multiply it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TASKMETER = str(Path(sys.executable).parent / "taskmeter")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve(
+    database_url: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    *,
+    log_level: str = "warning",
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts `taskmeter serve` on a free port and waits until /readyz answers 200."""
+    port = free_port()
+    log = open(cwd / f"serve-{port}.log", "wb")  # noqa: SIM115 - the process owns it
+    process = subprocess.Popen(
+        [TASKMETER, "serve", "--port", str(port), "--log-level", log_level],
+        env={**os.environ, "TASKMETER_DATABASE_URL": database_url, **(env or {})},
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("serve did not become ready")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -1,0 +1,94 @@
+"""Every query the read endpoints run is index-backed: no full scan of streams, tasks or
+rollups, on either store. Each statement a request executes is captured and re-run under
+EXPLAIN (on PostgreSQL with sequential scans disabled, so a Seq Scan in the plan means no
+usable index exists)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from taskmeter.store import Store
+from tests.factories import Factory
+from tests.usage_org import build_org
+
+BIG_TABLES = ("streams", "tasks", "stream_rollups", "task_rollups", "usage_events")
+REQUESTS = [
+    ("/api/v1/usage/streams", {}),
+    ("/api/v1/usage/streams", {"sort": "cost", "offset": "1", "limit": "2"}),
+    ("/api/v1/usage/streams", {"from": "2026-03-28T10:00:00Z", "to": "2026-03-29"}),
+    ("/api/v1/usage/streams", {"task_id": "T-A", "status": "error"}),
+    ("/api/v1/usage/streams", {"email": "eve@acme.io"}),
+    ("/api/v1/usage/tasks", {}),
+    ("/api/v1/usage/tasks", {"sort": "cost"}),
+    ("/api/v1/usage/tasks", {"email": "eve@acme.io", "from": "2026-03-28"}),
+    ("/api/v1/usage/tasks/T-A", {}),
+    ("/api/v1/usage/summary", {}),
+    (
+        "/api/v1/usage/summary",
+        {
+            "group_by": "day",
+            "tz": "Europe/Berlin",
+            "from": "2026-03-28T10:07:00Z",
+            "to": "2026-03-30T01:00:00Z",
+        },
+    ),
+]
+
+
+def _full_scans(store: Store, statement: str, parameters: Any) -> list[str]:
+    with store.read_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        if store.dialect == "postgresql":
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plan = [row[0] for row in cursor.fetchall()]
+            cursor.execute("RESET enable_seqscan")
+            return [
+                line
+                for line in plan
+                if re.search(r"Seq Scan on (" + "|".join(BIG_TABLES) + r")\b", line)
+            ]
+        cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+        plan = [row[-1] for row in cursor.fetchall()]
+        return [
+            line
+            for line in plan
+            if re.match(r"SCAN (" + "|".join(BIG_TABLES) + r")\b(?! USING)", line)
+        ]
+
+
+@pytest.mark.parametrize(("path", "params"), REQUESTS)
+def test_read_queries_use_indexes(
+    client: TestClient, factory: Factory, store: Store, path: str, params: dict[str, str]
+) -> None:
+    org = build_org(client, factory)
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            captured.append((statement, parameters))
+
+    event.listen(store.read_engine, "before_cursor_execute", capture)
+    try:
+        answer = client.get(path, params=params, headers=org.boss.headers)
+    finally:
+        event.remove(store.read_engine, "before_cursor_execute", capture)
+    assert answer.status_code == 200, answer.text
+    touching = [(s, p) for s, p in captured if any(t in s for t in BIG_TABLES)]
+    assert touching, "the request ran no query on the usage tables"
+    for statement, parameters in touching:
+        assert _full_scans(store, statement, parameters) == [], statement
+
+
+def test_the_detector_sees_a_full_scan(store: Store) -> None:
+    """The check above can fail: an unindexed predicate is reported as a full scan."""
+    placeholder = "%(n)s" if store.dialect == "postgresql" else ":n"
+    statement = f"SELECT stream_id FROM streams WHERE tool_calls = {placeholder}"
+    assert _full_scans(store, statement, {"n": 3}) != []
