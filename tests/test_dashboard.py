@@ -130,6 +130,36 @@ def test_tasks_filter_sort_and_the_task_page(browser: object, live_server: str, 
     page.context.close()  # type: ignore[attr-defined]
 
 
+def test_a_late_answer_never_paints_over_a_newer_page(
+    browser: object, live_server: str, org: Org
+) -> None:
+    """A slow request from the page the user left must not replace the page they went to."""
+    page = open_page(browser)
+    held: list[object] = []
+    # Hold the first tasks request (default range, date order) until the second has rendered.
+    page.route(  # type: ignore[attr-defined]
+        lambda url: "/api/v1/usage/tasks?" in url and "sort=created_at" in url,
+        lambda route: held.append(route),
+    )
+    sign_in(page, live_server, org.boss.key)
+    page.wait_for_selector("#total-credits")  # type: ignore[attr-defined]
+    page.goto(f"{live_server}/#/tasks")  # type: ignore[attr-defined]
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)  # type: ignore[attr-defined]
+    assert held, "the first tasks request never left the page"
+    page.goto(f"{live_server}/#/tasks?{RANGE}&sort=cost")  # type: ignore[attr-defined]
+    page.wait_for_selector("#tasks-table tbody tr")  # type: ignore[attr-defined]
+    with page.expect_response(lambda r: "sort=created_at" in r.url):  # type: ignore[attr-defined]
+        held[0].continue_()  # type: ignore[attr-defined]
+    page.wait_for_timeout(300)  # type: ignore[attr-defined]
+    ids = page.locator("#tasks-table tbody tr td:first-child").all_text_contents()  # type: ignore[attr-defined]
+    assert ids == ["T-B", "T-A", "T-C"]
+    assert page.text_content("#page-info") == "1–3 of 3"  # type: ignore[attr-defined]
+    page.context.close()  # type: ignore[attr-defined]
+
+
 def test_members_and_bad_keys_get_clear_messages(
     browser: object, live_server: str, org: Org
 ) -> None:

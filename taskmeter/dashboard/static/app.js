@@ -7,6 +7,9 @@ const KEY = "taskmeter.key";
 const TZ = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 const main = document.getElementById("main");
 let me = null;
+// Each navigation gets a number; a view whose answer arrives after a newer navigation
+// started drops it, so a slow old request never paints over the page the user asked for.
+let navigation = 0;
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -138,7 +141,7 @@ function drawCredits(container, periods) {
   }, [xs, ys], container);
 }
 
-async function overviewView(params) {
+async function overviewView(params, stale) {
   const groupBy = params.get("group_by") || "day";
   const select = h("select", { name: "group_by", "aria-label": "Group by" },
     ["day", "week", "month"].map((g) => h("option", { value: g, selected: g === groupBy }, g)));
@@ -146,7 +149,8 @@ async function overviewView(params) {
   show(h("h1", {}, "Overview"), form, h("p", { class: "muted" }, `Periods are cut in ${TZ}.`), h("p", { class: "loading" }, "Loading…"));
   let s;
   try { s = await api("/api/v1/usage/summary", { ...range, group_by: groupBy, tz: TZ }); }
-  catch (error) { return fail(error); }
+  catch (error) { return stale() || fail(error); }
+  if (stale()) return;
   const chart = h("div", { class: "chart", id: "credits-chart", role: "img", "aria-label": `Credits per ${groupBy}` });
   const byModel = Object.entries(s.by_model).map(([m, v]) => [m, v.neo_credits]).sort((a, b) => b[1] - a[1]);
   const byStatus = Object.entries(s.by_status).sort((a, b) => b[1] - a[1]);
@@ -180,7 +184,7 @@ async function overviewView(params) {
 
 const STATUSES = ["completed", "error", "failed", "aborted", "blocked"];
 
-async function tasksView(params) {
+async function tasksView(params, stale) {
   const limit = 50;
   const offset = Number(params.get("offset") || 0);
   const sort = params.get("sort") || "created_at";
@@ -195,7 +199,8 @@ async function tasksView(params) {
   let page;
   try {
     page = await api("/api/v1/usage/tasks", { ...range, limit, offset, sort, search: params.get("search"), status: params.get("status"), model: params.get("model") });
-  } catch (error) { return fail(error); }
+  } catch (error) { return stale() || fail(error); }
+  if (stale()) return;
   const admin = Boolean(me && me.team);
   const rows = page.data.map((t) => h("tr", {},
     h("td", {}, h("a", { href: `#/task/${encodeURIComponent(t.task_id)}` }, t.task_id)),
@@ -236,7 +241,7 @@ function timeline(history, task) {
   }));
 }
 
-async function taskView(taskId) {
+async function taskView(taskId, stale) {
   show(h("h1", {}, `Task ${taskId}`), h("p", { class: "loading" }, "Loading…"));
   let task, streams;
   try {
@@ -244,7 +249,8 @@ async function taskView(taskId) {
       api(`/api/v1/usage/tasks/${encodeURIComponent(taskId)}`),
       api("/api/v1/usage/streams", { task_id: taskId, limit: 200 }),
     ]);
-  } catch (error) { return fail(error); }
+  } catch (error) { return stale() || fail(error); }
+  if (stale()) return;
   const tools = Object.entries(task.tool_breakdown || {}).map(([n, v]) => [n, v.total_duration_ms]).sort((a, b) => b[1] - a[1]);
   show(h("p", {}, h("a", { href: "#/tasks" }, "← All tasks")),
     h("h1", {}, task.task_title || `Task ${task.task_id}`),
@@ -278,22 +284,25 @@ function fail(error) {
 }
 
 async function render() {
+  const ticket = ++navigation;
+  const stale = () => ticket !== navigation;
   const { parts, params } = route();
   const view = parts[0] || "overview";
   const nav = document.getElementById("nav");
   if (!sessionStorage.getItem(KEY) || view === "signin") { nav.hidden = true; me = null; return signInView(); }
   if (!me) {
-    try { me = await api("/api/v1/user"); } catch (error) { return fail(error); }
+    try { me = await api("/api/v1/user"); } catch (error) { return stale() || fail(error); }
+    if (stale()) return;
   }
   nav.hidden = false;
   document.getElementById("who").textContent = me.team ? `${me.email} · ${me.team.name}` : me.email;
   for (const link of nav.querySelectorAll("a[data-view]")) {
     if (link.dataset.view === view) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
-  if (view === "tasks") await tasksView(params);
-  else if (view === "task") await taskView(decodeURIComponent(parts.slice(1).join("/")));
-  else await overviewView(params);
-  main.focus({ preventScroll: true });
+  if (view === "tasks") await tasksView(params, stale);
+  else if (view === "task") await taskView(decodeURIComponent(parts.slice(1).join("/")), stale);
+  else await overviewView(params, stale);
+  if (!stale()) main.focus({ preventScroll: true });
 }
 
 document.getElementById("sign-out").addEventListener("click", () => { sessionStorage.removeItem(KEY); me = null; go("signin"); });
