@@ -37,11 +37,14 @@ __all__ = [
     "Base",
     "CreditGrant",
     "Membership",
+    "ScopeHour",
     "ScopeTotal",
     "Stream",
     "StreamRollup",
+    "StreamRollupMonth",
     "Task",
     "TaskRollup",
+    "TaskRollupMonth",
     "Team",
     "UsageEvent",
     "User",
@@ -249,15 +252,8 @@ class Task(Base):
     row: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
 
 
-class StreamRollup(Base):
-    """Additive stream figures per scope and 15-minute UTC bucket of `created_at`.
-
-    Fifteen minutes divides every UTC offset in use (…:30, …:45 zones included), so periods
-    can be cut in any time zone from these rows. Running streams are kept too (`finished`
-    false): credit balances count them at once; the summary reads finished ones only.
-    """
-
-    __tablename__ = "stream_rollups"
+class _StreamRollupColumns:
+    """The key and additive figures of a stream rollup, whatever the bucket's length."""
 
     scope: Mapped[str] = mapped_column(String(24), primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -276,6 +272,25 @@ class StreamRollup(Base):
     execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class StreamRollup(_StreamRollupColumns, Base):
+    """Additive stream figures per scope and 15-minute UTC bucket of `created_at`.
+
+    Fifteen minutes divides every UTC offset in use (…:30, …:45 zones included), so periods
+    can be cut in any time zone from these rows. Running streams are kept too (`finished`
+    false): credit balances count them at once; the summary reads finished ones only.
+    """
+
+    __tablename__ = "stream_rollups"
+
+
+class StreamRollupMonth(_StreamRollupColumns, Base):
+    """The same figures per UTC calendar month; `bucket` is the 15-minute bucket the month
+    starts with. A year's summary reads twelve of these per owner and model instead of some
+    35,000 fifteen-minute buckets, and the 15-minute rows only for the months it cuts."""
+
+    __tablename__ = "stream_rollups_monthly"
+
+
 class ScopeTotal(Base):
     """Each scope's count of finished streams and of tasks, kept as deltas like the rollups:
     the unfiltered lists' `total` without counting a scope's rows on every page."""
@@ -287,15 +302,36 @@ class ScopeTotal(Base):
     tasks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class TaskRollup(Base):
-    """Task counts per scope and 15-minute UTC bucket of the task's `created_at`."""
-
-    __tablename__ = "task_rollups"
-
+class _TaskRollupColumns:
     scope: Mapped[str] = mapped_column(String(24), primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     owner_user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     is_byok: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TaskRollup(_TaskRollupColumns, Base):
+    """Task counts per scope and 15-minute UTC bucket of the task's `created_at`."""
+
+    __tablename__ = "task_rollups"
+
+
+class TaskRollupMonth(_TaskRollupColumns, Base):
+    """Task counts per scope and UTC month (`bucket`: the month's first 15-minute bucket)."""
+
+    __tablename__ = "task_rollups_monthly"
+
+
+class ScopeHour(Base):
+    """A scope's finished-stream credits and tasks per UTC hour (`bucket`: the hour's first
+    15-minute bucket, a multiple of 4), without owner or model: the summary's per-period
+    series in every zone whose offsets are whole hours."""
+
+    __tablename__ = "scope_hours"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
     tasks: Mapped[int] = mapped_column(BigInteger, default=0)

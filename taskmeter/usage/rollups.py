@@ -1,15 +1,18 @@
 """Additive rollups the summary reads: a change to a stream or task is a delta.
 
 When a row changes, its old contribution is subtracted and its new one added, so the rollups
-always equal a GROUP BY over the rows, without one ever being run. Upserts are sorted by key
-(concurrent transactions then lock rollup rows in one order and cannot deadlock) and issued
-last in the transaction (hot rows stay locked briefly).
+always equal a GROUP BY over the rows, without one ever being run. Three tiers are kept:
+15-minute buckets by owner and model (exact edges, any time zone), calendar months by owner and
+model (a year is twelve rows per owner and model), and hours per scope (the per-period series).
+Upserts are sorted by key (concurrent transactions then lock rollup rows in one order and cannot
+deadlock) and issued last in the transaction (hot rows stay locked briefly).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table
@@ -17,7 +20,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from taskmeter.store.tables import ScopeTotal, Stream, StreamRollup, TaskRollup
+from taskmeter.store.tables import (
+    ScopeHour,
+    ScopeTotal,
+    Stream,
+    StreamRollup,
+    StreamRollupMonth,
+    TaskRollup,
+    TaskRollupMonth,
+)
 from taskmeter.usage.figures import stream_execution_ms, stream_model
 
 __all__ = [
@@ -26,6 +37,8 @@ __all__ = [
     "Contribution",
     "RollupDeltas",
     "bucket_of",
+    "hour_of",
+    "month_of",
     "stream_contribution",
     "task_contribution",
 ]
@@ -50,12 +63,38 @@ _STREAM_SCOPE = STREAM_KEY.index("scope")
 _STREAM_FINISHED = STREAM_KEY.index("finished")
 _TASK_SCOPE = TASK_KEY.index("scope")
 SCOPE_VALUES = ("finished_streams", "tasks")
+HOUR_KEY = ("scope", "bucket")
+HOUR_VALUES = ("neo_credits_nano", "tasks")
+HOUR_BUCKETS = 4
+_STREAM_BUCKET = STREAM_KEY.index("bucket")
+_TASK_BUCKET = TASK_KEY.index("bucket")
+_STREAM_NEO = STREAM_VALUES.index("neo_credits_nano")
 
 Contribution = tuple[tuple[Any, ...], tuple[int, ...]]
 
 
 def bucket_of(moment: datetime) -> int:
     return int(moment.timestamp()) // BUCKET_S
+
+
+def hour_of(bucket: int) -> int:
+    """The first 15-minute bucket of the UTC hour holding `bucket`."""
+    return bucket - bucket % HOUR_BUCKETS
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_start(days: int) -> int:
+    day = datetime.fromtimestamp(days * 86_400, UTC)
+    return bucket_of(day.replace(day=1))
+
+
+def month_of(bucket: int) -> int:
+    """The first 15-minute bucket of the UTC month holding `bucket`."""
+    return _month_start(bucket * BUCKET_S // 86_400)
+
+
+def _with_bucket(key: tuple[Any, ...], index: int, bucket: int) -> tuple[Any, ...]:
+    return (*key[:index], bucket, *key[index + 1 :])
 
 
 def stream_contribution(stream: Stream) -> Contribution | None:
@@ -106,6 +145,9 @@ class RollupDeltas:
         self._streams: dict[tuple[Any, ...], list[int]] = {}
         self._tasks: dict[tuple[Any, ...], list[int]] = {}
         self._scopes: dict[tuple[Any, ...], list[int]] = {}
+        self._stream_months: dict[tuple[Any, ...], list[int]] = {}
+        self._task_months: dict[tuple[Any, ...], list[int]] = {}
+        self._hours: dict[tuple[Any, ...], list[int]] = {}
 
     @staticmethod
     def _add(into: dict[tuple[Any, ...], list[int]], item: Contribution | None, sign: int) -> None:
@@ -118,28 +160,58 @@ class RollupDeltas:
 
     def stream_changed(self, before: Contribution | None, after: Contribution | None) -> None:
         if before != after:
-            self._add(self._streams, before, -1)
-            self._add(self._streams, after, +1)
             for item, sign in ((before, -1), (after, +1)):
-                if item is not None and item[0][_STREAM_FINISHED]:  # what the list counts
-                    self._add(self._scopes, ((item[0][_STREAM_SCOPE],), (1, 0)), sign)
+                if item is None:
+                    continue
+                key, values = item
+                bucket = key[_STREAM_BUCKET]
+                self._add(self._streams, item, sign)
+                month = _with_bucket(key, _STREAM_BUCKET, month_of(bucket))
+                self._add(self._stream_months, (month, values), sign)
+                if key[_STREAM_FINISHED]:  # what the lists count and the series shows
+                    scope = key[_STREAM_SCOPE]
+                    self._add(self._scopes, ((scope,), (1, 0)), sign)
+                    hour = ((scope, hour_of(bucket)), (values[_STREAM_NEO], 0))
+                    self._add(self._hours, hour, sign)
 
     def task_changed(self, before: Contribution | None, after: Contribution | None) -> None:
         if before != after:
-            self._add(self._tasks, before, -1)
-            self._add(self._tasks, after, +1)
             for item, sign in ((before, -1), (after, +1)):
-                if item is not None:
-                    self._add(self._scopes, ((item[0][_TASK_SCOPE],), (0, 1)), sign)
+                if item is None:
+                    continue
+                key, values = item
+                bucket = key[_TASK_BUCKET]
+                self._add(self._tasks, item, sign)
+                month = _with_bucket(key, _TASK_BUCKET, month_of(bucket))
+                self._add(self._task_months, (month, values), sign)
+                scope = key[_TASK_SCOPE]
+                self._add(self._scopes, ((scope,), (0, 1)), sign)
+                self._add(self._hours, ((scope, hour_of(bucket)), (0, 1)), sign)
 
     def write(self, db: Session) -> None:
         _upsert(db, StreamRollup.__table__, STREAM_KEY, STREAM_VALUES, self._streams.items())  # type: ignore[arg-type]
         _upsert(db, TaskRollup.__table__, TASK_KEY, TASK_VALUES, self._tasks.items())  # type: ignore[arg-type]
-        # Last: every writer of a scope updates this one row, so it is held the shortest.
+        # Coarser tiers after finer ones: the later a row in this order, the more writers
+        # share it, so the hottest rows are locked last and held the shortest.
+        _upsert(db, ScopeHour.__table__, HOUR_KEY, HOUR_VALUES, self._hours.items())  # type: ignore[arg-type]
+        _upsert(
+            db,
+            StreamRollupMonth.__table__,  # type: ignore[arg-type]
+            STREAM_KEY,
+            STREAM_VALUES,
+            self._stream_months.items(),
+        )
+        _upsert(db, TaskRollupMonth.__table__, TASK_KEY, TASK_VALUES, self._task_months.items())  # type: ignore[arg-type]
         _upsert(db, ScopeTotal.__table__, SCOPE_KEY, SCOPE_VALUES, self._scopes.items())  # type: ignore[arg-type]
-        self._streams.clear()
-        self._tasks.clear()
-        self._scopes.clear()
+        for deltas in (
+            self._streams,
+            self._tasks,
+            self._hours,
+            self._stream_months,
+            self._task_months,
+            self._scopes,
+        ):
+            deltas.clear()
 
 
 def _upsert(

@@ -1,11 +1,13 @@
 """`GET /api/v1/usage/summary`: totals, breakdowns, periods and the credit account of a scope.
 
-Whole 15-minute buckets inside [from, to) are read from the additive rollups; the partial
-buckets at the window's edges are read from the rows themselves, so every figure is exact for
-any `from`/`to`, while the work stays proportional to the number of buckets, never to the
-number of streams. Periods are cut in `tz`: rollup buckets are grouped in SQL by the largest
-unit that divides every UTC offset the zone uses in the window (a day for UTC, an hour for
-most zones, 15 minutes at worst), then assigned to local days, ISO weeks or months.
+The window [from, to) is read coarse to fine: whole UTC months from the monthly rollups, the
+whole 15-minute buckets left at either end from the 15-minute rollups, and the partial buckets at
+the very edges from the rows themselves. Every figure is exact for any `from`/`to`, while the
+work stays proportional to the number of months and buckets, never to the number of streams.
+Periods are cut in `tz`: the hourly series (or, for zones with :30/:45 offsets, the 15-minute
+rollups) is grouped in SQL by the largest unit that divides every UTC offset the zone uses in
+the window (a day for UTC, an hour for most zones, 15 minutes at worst), then assigned to local
+days, ISO weeks or months.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select, text
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from taskmeter.errors import BadRequest
@@ -26,10 +29,13 @@ from taskmeter.identity.principal import Scope
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.tables import (
     CreditGrant,
+    ScopeHour,
     Stream,
     StreamRollup,
+    StreamRollupMonth,
     Task,
     TaskRollup,
+    TaskRollupMonth,
     Team,
     User,
 )
@@ -38,7 +44,10 @@ from taskmeter.usage.figures import figures_from_json
 from taskmeter.usage.params import SummaryQuery, Window
 from taskmeter.usage.rollups import (
     BUCKET_S,
+    HOUR_BUCKETS,
     STREAM_VALUES,
+    hour_of,
+    month_of,
     stream_contribution,
     task_contribution,
 )
@@ -167,6 +176,49 @@ def _bucket_time(bucket: int) -> datetime:
     return EPOCH + timedelta(seconds=bucket * BUCKET_S)
 
 
+Span = tuple[int | None, int | None]  # buckets [low, high); None is open
+
+
+def _next_month(bucket: int) -> int:
+    """The first bucket of the first UTC month starting at or after `bucket`."""
+    start = month_of(bucket)
+    return start if start == bucket else month_of(start + 31 * 86_400 // BUCKET_S)
+
+
+def _next_hour(bucket: int) -> int:
+    return hour_of(bucket + HOUR_BUCKETS - 1)
+
+
+def _split(
+    span: Span, floor: Callable[[int], int], ceil: Callable[[int], int]
+) -> tuple[Span | None, list[Span]]:
+    """Split [first, last) into the whole coarse units inside it and the fine rest at its ends."""
+    first, last = span
+    low = None if first is None else ceil(first)
+    high = None if last is None else floor(last)
+    if low is not None and high is not None and low >= high:
+        return None, [span]
+    fine: list[Span] = []
+    if first is not None and low is not None and first < low:
+        fine.append((first, low))
+    if last is not None and high is not None and high < last:
+        fine.append((high, last))
+    return (low, high), fine
+
+
+def _in_spans(bucket: Any, spans: list[Span]) -> ColumnElement[bool]:
+    """`bucket` inside any of the spans (false for none)."""
+    ranges = []
+    for low, high in spans:
+        bounds = []
+        if low is not None:
+            bounds.append(bucket >= low)
+        if high is not None:
+            bounds.append(bucket < high)
+        ranges.append(and_(*bounds) if bounds else bucket.is_not(None))
+    return or_(*ranges) if ranges else false()
+
+
 class _Summary:
     def __init__(self, db: Session, scope: Scope, query: SummaryQuery) -> None:
         self.db = db
@@ -178,45 +230,71 @@ class _Summary:
         assert self.query.group_by is not None
         return _period_start(moment.astimezone(self.query.tz).date(), self.query.group_by)
 
-    def _stream_rollups(self, first: int | None, last: int | None, grain: int) -> None:
-        r = StreamRollup
-        where: list[ColumnElement[bool]] = [r.scope == self.scope.key, r.finished.is_(True)]
-        if first is not None:
-            where.append(r.bucket >= first)
-        if last is not None:
-            where.append(r.bucket < last)
+    def _totals(self, streams: Any, tasks: Any, spans: list[Span]) -> None:
+        """Add the owner/model breakdowns of one rollup tier over the given spans."""
+        if not spans:
+            return
+        sums = [func.sum(getattr(streams, c)) for c in STREAM_VALUES]
         # The same columns, in the same order, as a stream's contribution (Totals reads them).
-        sums = [func.sum(getattr(r, c)) for c in STREAM_VALUES]
         for owner, model, is_byok, *values in self.db.execute(
-            select(r.owner_user_id, r.model, r.is_byok, *sums)
-            .where(*where)
-            .group_by(r.owner_user_id, r.model, r.is_byok)
+            select(streams.owner_user_id, streams.model, streams.is_byok, *sums)
+            .where(
+                streams.scope == self.scope.key,
+                _in_spans(streams.bucket, spans),
+                streams.finished.is_(True),
+            )
+            .group_by(streams.owner_user_id, streams.model, streams.is_byok)
         ):
             self.totals.add_streams(owner, model, is_byok, tuple(int(v or 0) for v in values))
-        task = TaskRollup
-        task_where: list[ColumnElement[bool]] = [task.scope == self.scope.key]
-        if first is not None:
-            task_where.append(task.bucket >= first)
-        if last is not None:
-            task_where.append(task.bucket < last)
         for owner, model, status, is_byok, n in self.db.execute(
-            select(task.owner_user_id, task.model, task.status, task.is_byok, func.sum(task.tasks))
-            .where(*task_where)
-            .group_by(task.owner_user_id, task.model, task.status, task.is_byok)
+            select(
+                tasks.owner_user_id, tasks.model, tasks.status, tasks.is_byok, func.sum(tasks.tasks)
+            )
+            .where(tasks.scope == self.scope.key, _in_spans(tasks.bucket, spans))
+            .group_by(tasks.owner_user_id, tasks.model, tasks.status, tasks.is_byok)
         ):
             self.totals.add_tasks(owner, model, status, is_byok, int(n or 0))
-        if self.query.group_by is None:
+
+    def _series(self, spans: list[Span], grain: int, hourly: bool) -> None:
+        """Add finished-stream credits and task counts per unit of `grain` buckets."""
+        if not spans:
             return
-        for table, column, slot in ((r, r.neo_credits_nano, 0), (task, task.tasks, 1)):
-            conditions = where if table is r else task_where
+        if hourly:
+            sources: list[tuple[Any, Any, list[ColumnElement[bool]]]] = [
+                (ScopeHour, [ScopeHour.neo_credits_nano, ScopeHour.tasks], [])
+            ]
+        else:
+            sources = [
+                (StreamRollup, [StreamRollup.neo_credits_nano], [StreamRollup.finished.is_(True)]),
+                (TaskRollup, [TaskRollup.tasks], []),
+            ]
+        slots = 0
+        for table, columns, extra in sources:
             # Floor division on integers: `bucket // grain` is integer division on both stores
             # (buckets are positive: ingestion keeps times after 2000).
             unit = table.bucket // grain if grain > 1 else table.bucket
-            for unit_value, amount in self.db.execute(
-                select(unit, func.sum(column)).where(*conditions).group_by(unit)
+            for unit_value, *amounts in self.db.execute(
+                select(unit, *(func.sum(c) for c in columns))
+                .where(table.scope == self.scope.key, _in_spans(table.bucket, spans), *extra)
+                .group_by(unit)
             ):
-                moment = _bucket_time(int(unit_value) * grain)
-                self.totals.periods[self._period_of(moment)][slot] += int(amount or 0)
+                period = self.totals.periods[self._period_of(_bucket_time(int(unit_value) * grain))]
+                for i, amount in enumerate(amounts):
+                    period[slots + i] += int(amount or 0)
+            slots += len(columns)
+
+    def _rollups(self, first: int | None, last: int | None, grain: int) -> None:
+        months, fine = _split((first, last), month_of, _next_month)
+        self._totals(StreamRollupMonth, TaskRollupMonth, [months] if months else [])
+        self._totals(StreamRollup, TaskRollup, fine)
+        if self.query.group_by is None:
+            return
+        if grain % HOUR_BUCKETS:  # a zone with :30 or :45 offsets: 15-minute rows throughout
+            self._series([(first, last)], grain, hourly=False)
+            return
+        hours, fine = _split((first, last), hour_of, _next_hour)
+        self._series([hours] if hours else [], grain, hourly=True)
+        self._series(fine, grain, hourly=False)
 
     def _edge_rows(self, start: datetime, end: datetime) -> None:
         """Streams and tasks created in a partial bucket at the window's edge, read exactly."""
@@ -308,7 +386,7 @@ class _Summary:
                         max(window.start or span[0], span[0]),
                         min(window.end or span[1], span[1]),
                     )
-                self._stream_rollups(first, last, grain)
+                self._rollups(first, last, grain)
                 if window.start is not None and first is not None:
                     self._edge_rows(window.start, _bucket_time(first))
                 if window.end is not None and last is not None:
@@ -386,11 +464,10 @@ def summarise(db: Session, scope: Scope, query: SummaryQuery) -> dict[str, Any]:
 def _charged_since(db: Session, scope: Scope, since: datetime | None) -> int:
     """Credits charged to the account by its streams created at or after `since`, running
     streams included (usage counts against the balance at once)."""
-    where: list[ColumnElement[bool]] = [StreamRollup.scope == scope.key]
     edge = 0
+    first = None
     if since is not None:
         first = math.ceil(since.timestamp() / BUCKET_S)
-        where.append(StreamRollup.bucket >= first)
         edge = int(
             db.scalar(
                 select(func.coalesce(func.sum(Stream.neo_credits_nano), 0)).where(
@@ -401,10 +478,19 @@ def _charged_since(db: Session, scope: Scope, since: datetime | None) -> int:
             )
             or 0
         )
-    total = db.scalar(
-        select(func.coalesce(func.sum(StreamRollup.neo_credits_nano), 0)).where(*where)
-    )
-    return int(total or 0) + edge
+    months, fine = _split((first, None), month_of, _next_month)
+    total = edge
+    for table, spans in ((StreamRollupMonth, [months] if months else []), (StreamRollup, fine)):
+        if spans:
+            total += int(
+                db.scalar(
+                    select(func.coalesce(func.sum(table.neo_credits_nano), 0)).where(
+                        table.scope == scope.key, _in_spans(table.bucket, spans)
+                    )
+                )
+                or 0
+            )
+    return total
 
 
 def credit_account(db: Session, scope: Scope) -> dict[str, Any]:

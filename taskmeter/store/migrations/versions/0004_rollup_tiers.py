@@ -1,0 +1,117 @@
+"""Monthly rollups and the hourly per-scope series the summary reads
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-23 21:30:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+STREAM_FIGURES = (
+    "streams",
+    "neo_credits_nano",
+    "base_nano",
+    "tool_calls",
+    "input_tokens",
+    "output_tokens",
+    "steps",
+    "agent_triggers",
+    "execution_ms",
+)
+
+
+def _month_of_bucket() -> str:
+    """SQL for the first 15-minute bucket of the UTC month holding `bucket`."""
+    if op.get_bind().dialect.name == "postgresql":
+        return (
+            "(extract(epoch FROM date_trunc('month', "
+            "to_timestamp(bucket * 900) AT TIME ZONE 'UTC'))::bigint / 900)"
+        )
+    return "(CAST(strftime('%s', bucket * 900, 'unixepoch', 'start of month') AS INTEGER) / 900)"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "stream_rollups_monthly",
+        sa.Column("scope", sa.String(length=24), nullable=False),
+        sa.Column("bucket", sa.BigInteger(), nullable=False),
+        sa.Column("owner_user_id", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("is_byok", sa.Boolean(), nullable=False),
+        sa.Column("finished", sa.Boolean(), nullable=False),
+        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in STREAM_FIGURES),
+        sa.PrimaryKeyConstraint(
+            "scope",
+            "bucket",
+            "owner_user_id",
+            "model",
+            "is_byok",
+            "finished",
+            name=op.f("pk_stream_rollups_monthly"),
+        ),
+    )
+    op.create_table(
+        "task_rollups_monthly",
+        sa.Column("scope", sa.String(length=24), nullable=False),
+        sa.Column("bucket", sa.BigInteger(), nullable=False),
+        sa.Column("owner_user_id", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("is_byok", sa.Boolean(), nullable=False),
+        sa.Column("tasks", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "scope",
+            "bucket",
+            "owner_user_id",
+            "model",
+            "status",
+            "is_byok",
+            name=op.f("pk_task_rollups_monthly"),
+        ),
+    )
+    op.create_table(
+        "scope_hours",
+        sa.Column("scope", sa.String(length=24), nullable=False),
+        sa.Column("bucket", sa.BigInteger(), nullable=False),
+        sa.Column("neo_credits_nano", sa.BigInteger(), nullable=False),
+        sa.Column("tasks", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("scope", "bucket", name=op.f("pk_scope_hours")),
+    )
+    # From the 15-minute rollups, which already equal a GROUP BY over the rows. The SQL is
+    # built from this file's constants only, hence the S608 exemptions.
+    month = _month_of_bucket()
+    sums = ", ".join(f"sum({name})" for name in STREAM_FIGURES)
+    op.execute(
+        "INSERT INTO stream_rollups_monthly (scope, bucket, owner_user_id, model, is_byok, "  # noqa: S608
+        f"finished, {', '.join(STREAM_FIGURES)}) "
+        f"SELECT scope, {month}, owner_user_id, model, is_byok, finished, {sums} "
+        f"FROM stream_rollups GROUP BY scope, {month}, owner_user_id, model, is_byok, finished"
+    )
+    op.execute(
+        "INSERT INTO task_rollups_monthly (scope, bucket, owner_user_id, model, status, "  # noqa: S608
+        "is_byok, tasks) "
+        f"SELECT scope, {month}, owner_user_id, model, status, is_byok, sum(tasks) "
+        f"FROM task_rollups GROUP BY scope, {month}, owner_user_id, model, status, is_byok"
+    )
+    op.execute(
+        "INSERT INTO scope_hours (scope, bucket, neo_credits_nano, tasks) "
+        "SELECT scope, hour, sum(neo), sum(tasks) FROM ("
+        "  SELECT scope, bucket - bucket % 4 AS hour, neo_credits_nano AS neo, 0 AS tasks"
+        "  FROM stream_rollups WHERE finished"
+        "  UNION ALL SELECT scope, bucket - bucket % 4, 0, tasks FROM task_rollups"
+        ") AS hourly GROUP BY scope, hour"
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("scope_hours")
+    op.drop_table("task_rollups_monthly")
+    op.drop_table("stream_rollups_monthly")
