@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -329,39 +329,76 @@ def project_tasks(db: Session, keys: set[tuple[str, str]], rollups: RollupDeltas
     """Recompute the task rows for (scope, task_id) from their visible streams.
 
     Two transactions finishing different streams of one task must not both compute from a
-    snapshot that misses the other's stream: on PostgreSQL each task is recomputed under a
-    transaction-scoped advisory lock (taken in sorted order, so they cannot deadlock), and
-    the query that follows sees everything committed before the lock was granted.
+    snapshot that misses the other's stream: on PostgreSQL every task is locked first with a
+    transaction-scoped advisory lock (all in one statement, in sorted order, so transactions
+    cannot deadlock), and the queries that follow see everything committed before the locks
+    were granted. A batch costs four statements however many tasks it touches.
     """
-    postgres = db.get_bind().dialect.name == "postgresql"
-    insert = _insert(db)
-    for scope, task_id in sorted(keys):
-        if postgres:
-            db.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                {"key": f"task:{scope}:{task_id}"},
+    if not keys:
+        return
+    ordered = sorted(keys)
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(hashtextextended(key, 0)) "
+                "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(key, n) ORDER BY n"
+            ),
+            {"keys": [f"task:{scope}:{task_id}" for scope, task_id in ordered]},
+        )
+    scopes = sorted({scope for scope, _ in ordered})
+    task_ids = sorted({task_id for _, task_id in ordered})
+    # Scopes and task ids are matched separately (both stores, one plan), then paired here.
+    old = {
+        (scope, task_id): figures_from_json(row)
+        for scope, task_id, row in db.execute(
+            select(Task.scope, Task.task_id, Task.row).where(
+                Task.scope.in_(scopes), Task.task_id.in_(task_ids)
             )
-        old = db.scalar(select(Task.row).where(Task.scope == scope, Task.task_id == task_id))
-        old_figures = figures_from_json(old) if old is not None else None
-        streams = db.scalars(
-            select(Stream).where(
-                Stream.scope == scope,
-                Stream.task_id == task_id,
-                Stream.status.is_not(None),
-                Stream.started.is_(True),
-            )
-        ).all()
+        )
+        if (scope, task_id) in keys
+    }
+    visible: dict[tuple[str, str], list[Stream]] = {key: [] for key in ordered}
+    for stream in db.scalars(
+        select(Stream)
+        .where(
+            Stream.scope.in_(scopes),
+            Stream.task_id.in_(task_ids),
+            Stream.status.is_not(None),
+            Stream.started.is_(True),
+        )
+        .order_by(Stream.stream_id)
+    ):
+        key = (stream.scope, stream.task_id)
+        if key in visible:
+            visible[key].append(stream)
+    gone: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    for scope, task_id in ordered:
+        before = task_contribution(scope, old.get((scope, task_id)))
+        streams = visible[(scope, task_id)]
         if not streams:
-            db.execute(delete(Task).where(Task.scope == scope, Task.task_id == task_id))
-            rollups.task_changed(task_contribution(scope, old_figures), None)
+            if before is not None:
+                gone.append({"s": scope, "t": task_id})
+            rollups.task_changed(before, None)
             continue
         figures = task_figures([stream_figures(s) for s in streams])
-        rollups.task_changed(
-            task_contribution(scope, old_figures), task_contribution(scope, figures)
-        )
-        values = task_row_values(figures)
+        rollups.task_changed(before, task_contribution(scope, figures))
+        rows.append({"scope": scope, "task_id": task_id, **task_row_values(figures)})
+    tasks = Task.__table__
+    if gone:
         db.execute(
-            insert(Task)
-            .values(scope=scope, task_id=task_id, **values)
-            .on_conflict_do_update(index_elements=["scope", "task_id"], set_=values)
+            tasks.delete().where(  # type: ignore[attr-defined]
+                tasks.c.scope == bindparam("s"), tasks.c.task_id == bindparam("t")
+            ),
+            gone,
+        )
+    if rows:
+        insert = _insert(db)(tasks)
+        columns = [name for name in rows[0] if name not in ("scope", "task_id")]
+        db.execute(
+            insert.on_conflict_do_update(
+                index_elements=["scope", "task_id"],
+                set_={name: insert.excluded[name] for name in columns},
+            ),
+            rows,
         )

@@ -16,13 +16,19 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from taskmeter import jsonio
 from taskmeter.config import Settings
 
 __all__ = ["Store"]
 
 
 def _sqlite_engine(url: str, *, immediate: bool, busy_timeout_ms: int) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False})
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False},
+        json_serializer=jsonio.dumps,
+        json_deserializer=jsonio.loads,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -58,7 +64,13 @@ class Store:
         else:
             self.dialect = "postgresql"
             self.read_engine = create_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5
+                url,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                pool_timeout=5,
+                json_serializer=jsonio.dumps,
+                json_deserializer=jsonio.loads,
             )
             self.write_engine = self.read_engine
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)

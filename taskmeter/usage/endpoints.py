@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from taskmeter.deps import ScopeDep, StoreDep
 from taskmeter.errors import BadRequest, Forbidden, NotFound
 from taskmeter.identity.principal import Scope
+from taskmeter.jsonio import JSONBody
 from taskmeter.usage import repository
 from taskmeter.usage.openapi import COMPONENTS as USAGE_COMPONENTS
 from taskmeter.usage.openapi import PARAMETERS, SUMMARY_SCHEMA, error_responses, ref
@@ -42,8 +42,8 @@ def _admin_only_email(scope: Scope, filters: UsageFilters) -> None:
         raise Forbidden("the email filter is for team admins")
 
 
-def _list_page(rows: list[dict[str, Any]], total: int, offset: int) -> JSONResponse:
-    return JSONResponse({"data": rows, "total": total, "has_more": offset + len(rows) < total})
+def _list_page(rows: list[dict[str, Any]], total: int, offset: int) -> JSONBody:
+    return JSONBody({"data": rows, "total": total, "has_more": offset + len(rows) < total})
 
 
 @router.get(
@@ -54,7 +54,7 @@ def _list_page(rows: list[dict[str, Any]], total: int, offset: int) -> JSONRespo
     "their own streams; team admins see all the team's streams, with email and the email "
     "filter; team members and viewers get 403.",
 )
-def list_streams(request: Request, scope: ScopeDep, store: StoreDep) -> JSONResponse:
+def list_streams(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     filters = parse_filters(request.query_params, allow_search=False, allow_stream=True)
     page = parse_page(request.query_params)
     _admin_only_email(scope, filters)
@@ -69,7 +69,7 @@ def list_streams(request: Request, scope: ScopeDep, store: StoreDep) -> JSONResp
     summary="List task usages",
     description="One row per task, aggregated over its streams in the caller's scope.",
 )
-def list_tasks(request: Request, scope: ScopeDep, store: StoreDep) -> JSONResponse:
+def list_tasks(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     filters = parse_filters(request.query_params, allow_search=True, allow_stream=False)
     page = parse_page(request.query_params)
     _admin_only_email(scope, filters)
@@ -85,7 +85,7 @@ def list_tasks(request: Request, scope: ScopeDep, store: StoreDep) -> JSONRespon
     description="Aggregated usage of one task across its streams in the caller's scope; 404 "
     "when none of its streams is in the scope.",
 )
-def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONResponse:
+def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONBody:
     if not task_id or len(task_id) > MAX_TASK_ID:
         raise BadRequest(f"task_id must be 1-{MAX_TASK_ID} characters")
     if "\x00" in task_id:
@@ -94,7 +94,7 @@ def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONResponse:
         row = repository.get_task(db, scope, task_id)
     if row is None:
         raise NotFound(f"no task {task_id!r} in your scope")
-    return JSONResponse(row)
+    return JSONBody(row)
 
 
 @router.get(
@@ -105,10 +105,10 @@ def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONResponse:
     "group_by (cut in tz), and the scope's credit account. A group_by whose range holds more "
     f"than {MAX_PERIODS} periods is refused with 400.",
 )
-def get_summary(request: Request, scope: ScopeDep, store: StoreDep) -> JSONResponse:
+def get_summary(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     query = parse_summary(request.query_params)
     with store.read() as db:
-        return JSONResponse(summarise(db, scope, query))
+        return JSONBody(summarise(db, scope, query))
 
 
 _document(

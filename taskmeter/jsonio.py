@@ -1,0 +1,32 @@
+"""JSON in and out with orjson: the stored task rows and the list pages are the largest values
+the service handles (a task row carries its whole tool-call history), and the standard
+library spent most of a large page's time encoding it (measured in bench/RESULTS.md).
+
+Compatible with what the standard library produced here: UTF-8, no spaces, non-string keys
+turned into strings, the same shortest float repr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi.responses import JSONResponse
+
+__all__ = ["JSONBody", "dumps", "loads"]
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+loads = orjson.loads
+
+
+def dumps(value: Any) -> str:
+    """A JSON document as text (what SQLAlchemy stores in a SQLite JSON column)."""
+    return orjson.dumps(value, option=_OPTIONS).decode()
+
+
+class JSONBody(JSONResponse):
+    """A JSON response encoded by orjson."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=_OPTIONS)
