@@ -36,6 +36,7 @@ from sqlalchemy import insert
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite as sqlite_dialect
 from sqlalchemy.orm import Session
 
+from taskmeter import jsonio
 from taskmeter.config import normalise_database_url
 from taskmeter.identity import service
 from taskmeter.ingest.projection import refresh_derived
@@ -45,7 +46,12 @@ from taskmeter.store.migrate import upgrade
 from taskmeter.store.tables import Membership, Stream, Task, Team, User
 from taskmeter.store.types import JSONDoc
 from taskmeter.usage.figures import stream_figures, task_figures, task_row_values
-from taskmeter.usage.rollups import RollupDeltas, stream_contribution, task_contribution
+from taskmeter.usage.rollups import (
+    RollupDeltas,
+    rebuild_coarse_tiers,
+    stream_contribution,
+    task_contribution,
+)
 
 STATUSES = (["completed", "error", "failed", "aborted", "blocked"], [85, 6, 3, 4, 2])
 ERRORS = {
@@ -216,7 +222,7 @@ def build_chunk(
     streams: list[dict[str, Any]] = []
     tasks: list[dict[str, Any]] = []
     samples: dict[str, str] = {}
-    rollups = RollupDeltas()
+    rollups = RollupDeltas(coarse=False)  # months and hours: rebuilt once after the load
     made = tasks_made = 0
     while made < size:
         owner = org.draw(rng)
@@ -257,10 +263,10 @@ def storable(table: Any, rows: list[dict[str, Any]], dialect: str) -> list[tuple
     if dialect == "postgresql":  # COPY adapts Python values; JSON goes as text
         json_columns = {c.key for c in table.columns if isinstance(c.type, JSONDoc)}
         return [
-            tuple(json.dumps(r[c]) if c in json_columns else r.get(c) for c in columns)
+            tuple(jsonio.dumps(r[c]) if c in json_columns else r.get(c) for c in columns)
             for r in rows
         ]
-    sqlite = sqlite_dialect()
+    sqlite = sqlite_dialect(json_serializer=jsonio.dumps)
     processors = [table.c[c].type._cached_bind_processor(sqlite) for c in columns]
     return [
         tuple(
@@ -348,6 +354,8 @@ def main() -> None:
                 f"{made:>11,} streams  {tasks_made:>10,} tasks  {made / elapsed:,.0f} streams/s",
                 flush=True,
             )
+    with store.write() as db:
+        rebuild_coarse_tiers(db)
     # What autovacuum would have done by now on a live store: statistics for the planner and,
     # on PostgreSQL, the visibility map that lets counts run as index-only scans.
     if store.dialect == "postgresql":

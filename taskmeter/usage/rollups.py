@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -39,6 +39,7 @@ __all__ = [
     "bucket_of",
     "hour_of",
     "month_of",
+    "rebuild_coarse_tiers",
     "stream_contribution",
     "task_contribution",
 ]
@@ -139,9 +140,15 @@ def task_contribution(scope: str, figures: dict[str, Any] | None) -> Contributio
 
 
 class RollupDeltas:
-    """Collects before/after contributions within one transaction, then writes the sums."""
+    """Collects before/after contributions within one transaction, then writes the sums.
 
-    def __init__(self) -> None:
+    `coarse=False` keeps the 15-minute tier and the scope totals only: for bulk loaders,
+    which then call `rebuild_coarse_tiers` once instead of upserting months and hours per
+    chunk.
+    """
+
+    def __init__(self, *, coarse: bool = True) -> None:
+        self.coarse = coarse
         self._streams: dict[tuple[Any, ...], list[int]] = {}
         self._tasks: dict[tuple[Any, ...], list[int]] = {}
         self._scopes: dict[tuple[Any, ...], list[int]] = {}
@@ -166,12 +173,15 @@ class RollupDeltas:
                 key, values = item
                 bucket = key[_STREAM_BUCKET]
                 self._add(self._streams, item, sign)
+                finished = key[_STREAM_FINISHED]  # what the lists count and the series shows
+                if finished:
+                    self._add(self._scopes, ((key[_STREAM_SCOPE],), (1, 0)), sign)
+                if not self.coarse:
+                    continue
                 month = _with_bucket(key, _STREAM_BUCKET, month_of(bucket))
                 self._add(self._stream_months, (month, values), sign)
-                if key[_STREAM_FINISHED]:  # what the lists count and the series shows
-                    scope = key[_STREAM_SCOPE]
-                    self._add(self._scopes, ((scope,), (1, 0)), sign)
-                    hour = ((scope, hour_of(bucket)), (values[_STREAM_NEO], 0))
+                if finished:
+                    hour = ((key[_STREAM_SCOPE], hour_of(bucket)), (values[_STREAM_NEO], 0))
                     self._add(self._hours, hour, sign)
 
     def task_changed(self, before: Contribution | None, after: Contribution | None) -> None:
@@ -182,10 +192,12 @@ class RollupDeltas:
                 key, values = item
                 bucket = key[_TASK_BUCKET]
                 self._add(self._tasks, item, sign)
-                month = _with_bucket(key, _TASK_BUCKET, month_of(bucket))
-                self._add(self._task_months, (month, values), sign)
                 scope = key[_TASK_SCOPE]
                 self._add(self._scopes, ((scope,), (0, 1)), sign)
+                if not self.coarse:
+                    continue
+                month = _with_bucket(key, _TASK_BUCKET, month_of(bucket))
+                self._add(self._task_months, (month, values), sign)
                 self._add(self._hours, ((scope, hour_of(bucket)), (0, 1)), sign)
 
     def write(self, db: Session) -> None:
@@ -235,3 +247,46 @@ def _upsert(
         set_={name: table.c[name] + statement.excluded[name] for name in value_names},
     )
     db.execute(statement, rows)
+
+
+def _month_sql(postgres: bool) -> str:
+    """SQL for the first 15-minute bucket of the UTC month holding `bucket` (`month_of`)."""
+    if postgres:
+        return (
+            f"(extract(epoch FROM date_trunc('month', to_timestamp(bucket * {BUCKET_S}) "
+            f"AT TIME ZONE 'UTC'))::bigint / {BUCKET_S})"
+        )
+    return (
+        f"(CAST(strftime('%s', bucket * {BUCKET_S}, 'unixepoch', 'start of month') "
+        f"AS INTEGER) / {BUCKET_S})"
+    )
+
+
+def rebuild_coarse_tiers(db: Session) -> None:
+    """Rebuild the monthly rollups and the hourly series from the 15-minute rollups, which
+    always equal a GROUP BY over the rows (for bulk loads; the same SQL as migration 0004)."""
+    month = _month_sql(db.get_bind().dialect.name == "postgresql")
+    figures = ", ".join(STREAM_VALUES)
+    sums = ", ".join(f"sum({name})" for name in STREAM_VALUES)
+    stream_key = "scope, {bucket}, owner_user_id, model, is_byok, finished"
+    task_key = "scope, {bucket}, owner_user_id, model, status, is_byok"
+    # Built from this module's constants only (hence the S608 exemptions).
+    statements = [
+        "DELETE FROM stream_rollups_monthly",
+        "DELETE FROM task_rollups_monthly",
+        "DELETE FROM scope_hours",
+        f"INSERT INTO stream_rollups_monthly ({stream_key.format(bucket='bucket')}, {figures}) "  # noqa: S608
+        f"SELECT {stream_key.format(bucket=month)}, {sums} FROM stream_rollups "
+        f"GROUP BY {stream_key.format(bucket=month)}",
+        f"INSERT INTO task_rollups_monthly ({task_key.format(bucket='bucket')}, tasks) "  # noqa: S608
+        f"SELECT {task_key.format(bucket=month)}, sum(tasks) FROM task_rollups "
+        f"GROUP BY {task_key.format(bucket=month)}",
+        "INSERT INTO scope_hours (scope, bucket, neo_credits_nano, tasks) "  # noqa: S608
+        "SELECT scope, hour, sum(neo), sum(tasks) FROM ("
+        f"  SELECT scope, bucket - bucket % {HOUR_BUCKETS} AS hour, neo_credits_nano AS neo,"
+        "   0 AS tasks FROM stream_rollups WHERE finished"
+        f"  UNION ALL SELECT scope, bucket - bucket % {HOUR_BUCKETS}, 0, tasks FROM task_rollups"
+        ") AS hourly GROUP BY scope, hour",
+    ]
+    for statement in statements:
+        db.execute(text(statement))
