@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store import Store
 from taskmeter.store.tables import (
+    OwnerMonth,
     ScopeHour,
     Stream,
     StreamRollupMonth,
@@ -365,7 +366,7 @@ def test_rebuilt_coarse_tiers_equal_the_ones_kept_as_deltas(boss: Person, store:
                     # Rows whose contributions all moved elsewhere stay behind as zeros.
                     if any(row[len(table.__table__.primary_key.columns) :])
                 }
-                for table in (StreamRollupMonth, TaskRollupMonth, ScopeHour)
+                for table in (StreamRollupMonth, TaskRollupMonth, OwnerMonth, ScopeHour)
             }
 
     kept = coarse_rows()

@@ -37,6 +37,7 @@ __all__ = [
     "Base",
     "CreditGrant",
     "Membership",
+    "OwnerMonth",
     "ScopeHour",
     "ScopeTotal",
     "Stream",
@@ -252,8 +253,15 @@ class Task(Base):
     row: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
 
 
-class _StreamRollupColumns:
-    """The key and additive figures of a stream rollup, whatever the bucket's length."""
+class StreamRollup(Base):
+    """Additive stream figures per scope and 15-minute UTC bucket of `created_at`.
+
+    Fifteen minutes divides every UTC offset in use (…:30, …:45 zones included), so periods
+    can be cut in any time zone from these rows. Running streams are kept too (`finished`
+    false): credit balances count them at once; the summary reads finished ones only.
+    """
+
+    __tablename__ = "stream_rollups"
 
     scope: Mapped[str] = mapped_column(String(24), primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -272,23 +280,41 @@ class _StreamRollupColumns:
     execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class StreamRollup(_StreamRollupColumns, Base):
-    """Additive stream figures per scope and 15-minute UTC bucket of `created_at`.
-
-    Fifteen minutes divides every UTC offset in use (…:30, …:45 zones included), so periods
-    can be cut in any time zone from these rows. Running streams are kept too (`finished`
-    false): credit balances count them at once; the summary reads finished ones only.
+class StreamRollupMonth(Base):
+    """The same figures per UTC calendar month, without the owner (`bucket`: the month's first
+    15-minute bucket). A year of a team is then a few hundred rows, not one per owner, model
+    and bucket; the 15-minute rows still serve the months a window cuts.
     """
 
-    __tablename__ = "stream_rollups"
-
-
-class StreamRollupMonth(_StreamRollupColumns, Base):
-    """The same figures per UTC calendar month; `bucket` is the 15-minute bucket the month
-    starts with. A year's summary reads twelve of these per owner and model instead of some
-    35,000 fifteen-minute buckets, and the 15-minute rows only for the months it cuts."""
-
     __tablename__ = "stream_rollups_monthly"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    is_byok: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    finished: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    streams: Mapped[int] = mapped_column(BigInteger, default=0)
+    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    tool_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    agent_triggers: Mapped[int] = mapped_column(BigInteger, default=0)
+    execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class OwnerMonth(Base):
+    """Per scope, UTC month and owner: finished streams' credits and tasks created (the
+    summary's `by_email` over whole months)."""
+
+    __tablename__ = "owner_months"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner_user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ScopeTotal(Base):
@@ -302,7 +328,11 @@ class ScopeTotal(Base):
     tasks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class _TaskRollupColumns:
+class TaskRollup(Base):
+    """Task counts per scope and 15-minute UTC bucket of the task's `created_at`."""
+
+    __tablename__ = "task_rollups"
+
     scope: Mapped[str] = mapped_column(String(24), primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     owner_user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -312,16 +342,18 @@ class _TaskRollupColumns:
     tasks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class TaskRollup(_TaskRollupColumns, Base):
-    """Task counts per scope and 15-minute UTC bucket of the task's `created_at`."""
-
-    __tablename__ = "task_rollups"
-
-
-class TaskRollupMonth(_TaskRollupColumns, Base):
-    """Task counts per scope and UTC month (`bucket`: the month's first 15-minute bucket)."""
+class TaskRollupMonth(Base):
+    """Task counts per scope, UTC month, model, status and BYOK (`bucket`: the month's first
+    15-minute bucket); owners are in `owner_months`."""
 
     __tablename__ = "task_rollups_monthly"
+
+    scope: Mapped[str] = mapped_column(String(24), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    is_byok: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ScopeHour(Base):

@@ -2,8 +2,9 @@
 
 When a row changes, its old contribution is subtracted and its new one added, so the rollups
 always equal a GROUP BY over the rows, without one ever being run. Three tiers are kept:
-15-minute buckets by owner and model (exact edges, any time zone), calendar months by owner and
-model (a year is twelve rows per owner and model), and hours per scope (the per-period series).
+15-minute buckets by owner and model (exact edges, any time zone); calendar months by model,
+and separately by owner (a team's year is then a few hundred rows); and hours per scope (the
+per-period series).
 Upserts are sorted by key (concurrent transactions then lock rollup rows in one order and cannot
 deadlock) and issued last in the transaction (hot rows stay locked briefly).
 """
@@ -21,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from taskmeter.store.tables import (
+    OwnerMonth,
     ScopeHour,
     ScopeTotal,
     Stream,
@@ -70,6 +72,13 @@ HOUR_BUCKETS = 4
 _STREAM_BUCKET = STREAM_KEY.index("bucket")
 _TASK_BUCKET = TASK_KEY.index("bucket")
 _STREAM_NEO = STREAM_VALUES.index("neo_credits_nano")
+_STREAM_OWNER = STREAM_KEY.index("owner_user_id")
+_TASK_OWNER = TASK_KEY.index("owner_user_id")
+# The monthly tiers drop the owner; `owner_months` keeps what the summary shows per owner.
+STREAM_MONTH_KEY = tuple(k for k in STREAM_KEY if k != "owner_user_id")
+TASK_MONTH_KEY = tuple(k for k in TASK_KEY if k != "owner_user_id")
+OWNER_MONTH_KEY = ("scope", "bucket", "owner_user_id")
+OWNER_MONTH_VALUES = ("neo_credits_nano", "tasks")
 
 Contribution = tuple[tuple[Any, ...], tuple[int, ...]]
 
@@ -94,8 +103,10 @@ def month_of(bucket: int) -> int:
     return _month_start(bucket * BUCKET_S // 86_400)
 
 
-def _with_bucket(key: tuple[Any, ...], index: int, bucket: int) -> tuple[Any, ...]:
-    return (*key[:index], bucket, *key[index + 1 :])
+def _monthly(key: tuple[Any, ...], bucket_at: int, owner_at: int) -> tuple[Any, ...]:
+    """A 15-minute key as its month's key: the bucket moved to the month, the owner dropped."""
+    month = month_of(key[bucket_at])
+    return tuple(month if i == bucket_at else value for i, value in enumerate(key) if i != owner_at)
 
 
 def stream_contribution(stream: Stream) -> Contribution | None:
@@ -154,6 +165,7 @@ class RollupDeltas:
         self._scopes: dict[tuple[Any, ...], list[int]] = {}
         self._stream_months: dict[tuple[Any, ...], list[int]] = {}
         self._task_months: dict[tuple[Any, ...], list[int]] = {}
+        self._owner_months: dict[tuple[Any, ...], list[int]] = {}
         self._hours: dict[tuple[Any, ...], list[int]] = {}
 
     @staticmethod
@@ -178,11 +190,13 @@ class RollupDeltas:
                     self._add(self._scopes, ((key[_STREAM_SCOPE],), (1, 0)), sign)
                 if not self.coarse:
                     continue
-                month = _with_bucket(key, _STREAM_BUCKET, month_of(bucket))
+                month = _monthly(key, _STREAM_BUCKET, _STREAM_OWNER)
                 self._add(self._stream_months, (month, values), sign)
                 if finished:
-                    hour = ((key[_STREAM_SCOPE], hour_of(bucket)), (values[_STREAM_NEO], 0))
-                    self._add(self._hours, hour, sign)
+                    scope, neo = key[_STREAM_SCOPE], values[_STREAM_NEO]
+                    self._add(self._hours, ((scope, hour_of(bucket)), (neo, 0)), sign)
+                    owner = (scope, month_of(bucket), key[_STREAM_OWNER])
+                    self._add(self._owner_months, (owner, (neo, 0)), sign)
 
     def task_changed(self, before: Contribution | None, after: Contribution | None) -> None:
         if before != after:
@@ -196,9 +210,11 @@ class RollupDeltas:
                 self._add(self._scopes, ((scope,), (0, 1)), sign)
                 if not self.coarse:
                     continue
-                month = _with_bucket(key, _TASK_BUCKET, month_of(bucket))
+                month = _monthly(key, _TASK_BUCKET, _TASK_OWNER)
                 self._add(self._task_months, (month, values), sign)
                 self._add(self._hours, ((scope, hour_of(bucket)), (0, 1)), sign)
+                owner = (scope, month_of(bucket), key[_TASK_OWNER])
+                self._add(self._owner_months, (owner, (0, 1)), sign)
 
     def write(self, db: Session) -> None:
         _upsert(db, StreamRollup.__table__, STREAM_KEY, STREAM_VALUES, self._streams.items())  # type: ignore[arg-type]
@@ -208,12 +224,25 @@ class RollupDeltas:
         _upsert(db, ScopeHour.__table__, HOUR_KEY, HOUR_VALUES, self._hours.items())  # type: ignore[arg-type]
         _upsert(
             db,
+            OwnerMonth.__table__,  # type: ignore[arg-type]
+            OWNER_MONTH_KEY,
+            OWNER_MONTH_VALUES,
+            self._owner_months.items(),
+        )
+        _upsert(
+            db,
             StreamRollupMonth.__table__,  # type: ignore[arg-type]
-            STREAM_KEY,
+            STREAM_MONTH_KEY,
             STREAM_VALUES,
             self._stream_months.items(),
         )
-        _upsert(db, TaskRollupMonth.__table__, TASK_KEY, TASK_VALUES, self._task_months.items())  # type: ignore[arg-type]
+        _upsert(
+            db,
+            TaskRollupMonth.__table__,  # type: ignore[arg-type]
+            TASK_MONTH_KEY,
+            TASK_VALUES,
+            self._task_months.items(),
+        )
         _upsert(db, ScopeTotal.__table__, SCOPE_KEY, SCOPE_VALUES, self._scopes.items())  # type: ignore[arg-type]
         for deltas in (
             self._streams,
@@ -221,6 +250,7 @@ class RollupDeltas:
             self._hours,
             self._stream_months,
             self._task_months,
+            self._owner_months,
             self._scopes,
         ):
             deltas.clear()
@@ -268,12 +298,14 @@ def rebuild_coarse_tiers(db: Session) -> None:
     month = _month_sql(db.get_bind().dialect.name == "postgresql")
     figures = ", ".join(STREAM_VALUES)
     sums = ", ".join(f"sum({name})" for name in STREAM_VALUES)
-    stream_key = "scope, {bucket}, owner_user_id, model, is_byok, finished"
-    task_key = "scope, {bucket}, owner_user_id, model, status, is_byok"
+    stream_key = "scope, {bucket}, model, is_byok, finished"
+    task_key = "scope, {bucket}, model, status, is_byok"
+    hour = f"bucket - bucket % {HOUR_BUCKETS}"
     # Built from this module's constants only (hence the S608 exemptions).
     statements = [
         "DELETE FROM stream_rollups_monthly",
         "DELETE FROM task_rollups_monthly",
+        "DELETE FROM owner_months",
         "DELETE FROM scope_hours",
         f"INSERT INTO stream_rollups_monthly ({stream_key.format(bucket='bucket')}, {figures}) "  # noqa: S608
         f"SELECT {stream_key.format(bucket=month)}, {sums} FROM stream_rollups "
@@ -281,12 +313,21 @@ def rebuild_coarse_tiers(db: Session) -> None:
         f"INSERT INTO task_rollups_monthly ({task_key.format(bucket='bucket')}, tasks) "  # noqa: S608
         f"SELECT {task_key.format(bucket=month)}, sum(tasks) FROM task_rollups "
         f"GROUP BY {task_key.format(bucket=month)}",
-        "INSERT INTO scope_hours (scope, bucket, neo_credits_nano, tasks) "  # noqa: S608
-        "SELECT scope, hour, sum(neo), sum(tasks) FROM ("
-        f"  SELECT scope, bucket - bucket % {HOUR_BUCKETS} AS hour, neo_credits_nano AS neo,"
-        "   0 AS tasks FROM stream_rollups WHERE finished"
-        f"  UNION ALL SELECT scope, bucket - bucket % {HOUR_BUCKETS}, 0, tasks FROM task_rollups"
-        ") AS hourly GROUP BY scope, hour",
+        _two_sources("owner_months", "owner_user_id", month),
+        _two_sources("scope_hours", None, hour),
     ]
     for statement in statements:
         db.execute(text(statement))
+
+
+def _two_sources(table: str, key: str | None, bucket: str) -> str:
+    """INSERT … SELECT of finished streams' credits and tasks created per (scope, bucket[, key])."""
+    extra = f", {key}" if key else ""
+    return (
+        f"INSERT INTO {table} (scope, bucket{extra}, neo_credits_nano, tasks) "  # noqa: S608
+        f"SELECT scope, unit{extra}, sum(neo), sum(tasks) FROM ("
+        f"  SELECT scope, {bucket} AS unit{extra}, neo_credits_nano AS neo, 0 AS tasks"
+        "   FROM stream_rollups WHERE finished"
+        f"  UNION ALL SELECT scope, {bucket}{extra}, 0, tasks FROM task_rollups"
+        f") AS counted GROUP BY scope, unit{extra}"
+    )

@@ -29,6 +29,7 @@ from taskmeter.identity.principal import Scope
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.tables import (
     CreditGrant,
+    OwnerMonth,
     ScopeHour,
     Stream,
     StreamRollup,
@@ -96,7 +97,7 @@ class Totals:
             },
         )
 
-    def add_streams(self, owner: int, model: str, is_byok: bool, v: tuple[int, ...]) -> None:
+    def add_streams(self, owner: int | None, model: str, is_byok: bool, v: tuple[int, ...]) -> None:
         if not any(v):
             return  # a rollup row whose contributions have all moved elsewhere
         streams, neo, base, tools, inp, out, steps, agents, execution = v
@@ -119,15 +120,17 @@ class Totals:
             self.byok_base += base
             self.byok_neo += neo
             entry["llm_cost"] = (entry["llm_cost"] or 0) + base
-        self.owners[owner][0] += neo
+        if owner is not None:  # None: a monthly row; owners come from `owner_months`
+            self.owners[owner][0] += neo
 
-    def add_tasks(self, owner: int, model: str, status: str, is_byok: bool, n: int) -> None:
+    def add_tasks(self, owner: int | None, model: str, status: str, is_byok: bool, n: int) -> None:
         if not n:
             return
         self.tasks += n
         self.by_status[status] += n
         self.model(model)["tasks"] += n
-        self.owners[owner][1] += n
+        if owner is not None:
+            self.owners[owner][1] += n
         if is_byok:
             self.byok_tasks += n
 
@@ -219,6 +222,11 @@ def _in_spans(bucket: Any, spans: list[Span]) -> ColumnElement[bool]:
     return or_(*ranges) if ranges else false()
 
 
+def _owner_first(row: Any, monthly: bool) -> tuple[int | None, tuple[Any, ...]]:
+    """A breakdown row as (owner, the rest); monthly rows carry no owner."""
+    return (None, tuple(row)) if monthly else (row[0], tuple(row[1:]))
+
+
 class _Summary:
     def __init__(self, db: Session, scope: Scope, query: SummaryQuery) -> None:
         self.db = db
@@ -230,30 +238,48 @@ class _Summary:
         assert self.query.group_by is not None
         return _period_start(moment.astimezone(self.query.tz).date(), self.query.group_by)
 
-    def _totals(self, streams: Any, tasks: Any, spans: list[Span]) -> None:
-        """Add the owner/model breakdowns of one rollup tier over the given spans."""
+    def _totals(self, spans: list[Span], *, monthly: bool) -> None:
+        """Add the breakdowns of one rollup tier over the given spans: the 15-minute rows by
+        owner and model, or the monthly rows by model plus `owner_months` by owner."""
         if not spans:
             return
+        streams: Any = StreamRollupMonth if monthly else StreamRollup
+        tasks: Any = TaskRollupMonth if monthly else TaskRollup
+        owner = [] if monthly else [streams.owner_user_id]
         sums = [func.sum(getattr(streams, c)) for c in STREAM_VALUES]
         # The same columns, in the same order, as a stream's contribution (Totals reads them).
-        for owner, model, is_byok, *values in self.db.execute(
-            select(streams.owner_user_id, streams.model, streams.is_byok, *sums)
+        for row in self.db.execute(
+            select(*owner, streams.model, streams.is_byok, *sums)
             .where(
                 streams.scope == self.scope.key,
                 _in_spans(streams.bucket, spans),
                 streams.finished.is_(True),
             )
-            .group_by(streams.owner_user_id, streams.model, streams.is_byok)
+            .group_by(*owner, streams.model, streams.is_byok)
         ):
-            self.totals.add_streams(owner, model, is_byok, tuple(int(v or 0) for v in values))
-        for owner, model, status, is_byok, n in self.db.execute(
-            select(
-                tasks.owner_user_id, tasks.model, tasks.status, tasks.is_byok, func.sum(tasks.tasks)
-            )
+            who, (model, is_byok, *values) = _owner_first(row, monthly)
+            self.totals.add_streams(who, model, is_byok, tuple(int(v or 0) for v in values))
+        owner = [] if monthly else [tasks.owner_user_id]
+        for row in self.db.execute(
+            select(*owner, tasks.model, tasks.status, tasks.is_byok, func.sum(tasks.tasks))
             .where(tasks.scope == self.scope.key, _in_spans(tasks.bucket, spans))
-            .group_by(tasks.owner_user_id, tasks.model, tasks.status, tasks.is_byok)
+            .group_by(*owner, tasks.model, tasks.status, tasks.is_byok)
         ):
-            self.totals.add_tasks(owner, model, status, is_byok, int(n or 0))
+            who, (model, status, is_byok, n) = _owner_first(row, monthly)
+            self.totals.add_tasks(who, model, status, is_byok, int(n or 0))
+        if not monthly:
+            return
+        for who, neo, n in self.db.execute(
+            select(
+                OwnerMonth.owner_user_id,
+                func.sum(OwnerMonth.neo_credits_nano),
+                func.sum(OwnerMonth.tasks),
+            )
+            .where(OwnerMonth.scope == self.scope.key, _in_spans(OwnerMonth.bucket, spans))
+            .group_by(OwnerMonth.owner_user_id)
+        ):
+            self.totals.owners[who][0] += int(neo or 0)
+            self.totals.owners[who][1] += int(n or 0)
 
     def _series(self, spans: list[Span], grain: int, hourly: bool) -> None:
         """Add finished-stream credits and task counts per unit of `grain` buckets."""
@@ -285,8 +311,8 @@ class _Summary:
 
     def _rollups(self, first: int | None, last: int | None, grain: int) -> None:
         months, fine = _split((first, last), month_of, _next_month)
-        self._totals(StreamRollupMonth, TaskRollupMonth, [months] if months else [])
-        self._totals(StreamRollup, TaskRollup, fine)
+        self._totals([months] if months else [], monthly=True)
+        self._totals(fine, monthly=False)
         if self.query.group_by is None:
             return
         if grain % HOUR_BUCKETS:  # a zone with :30 or :45 offsets: 15-minute rows throughout

@@ -1,4 +1,4 @@
-"""Monthly rollups and the hourly per-scope series the summary reads
+"""Monthly rollups (by model, and by owner) and the hourly per-scope series the summary reads
 
 Revision ID: 0004
 Revises: 0003
@@ -38,12 +38,24 @@ def _month_of_bucket() -> str:
     return "(CAST(strftime('%s', bucket * 900, 'unixepoch', 'start of month') AS INTEGER) / 900)"
 
 
+def _counted(table: str, key: str | None, unit: str) -> str:
+    """INSERT … SELECT of finished streams' credits and tasks created per (scope, unit[, key])."""
+    extra = f", {key}" if key else ""
+    return (
+        f"INSERT INTO {table} (scope, bucket{extra}, neo_credits_nano, tasks) "  # noqa: S608
+        f"SELECT scope, unit{extra}, sum(neo), sum(tasks) FROM ("
+        f"  SELECT scope, {unit} AS unit{extra}, neo_credits_nano AS neo, 0 AS tasks"
+        "   FROM stream_rollups WHERE finished"
+        f"  UNION ALL SELECT scope, {unit}{extra}, 0, tasks FROM task_rollups"
+        f") AS counted GROUP BY scope, unit{extra}"
+    )
+
+
 def upgrade() -> None:
     op.create_table(
         "stream_rollups_monthly",
         sa.Column("scope", sa.String(length=24), nullable=False),
         sa.Column("bucket", sa.BigInteger(), nullable=False),
-        sa.Column("owner_user_id", sa.Integer(), nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
         sa.Column("is_byok", sa.Boolean(), nullable=False),
         sa.Column("finished", sa.Boolean(), nullable=False),
@@ -51,7 +63,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint(
             "scope",
             "bucket",
-            "owner_user_id",
             "model",
             "is_byok",
             "finished",
@@ -62,20 +73,22 @@ def upgrade() -> None:
         "task_rollups_monthly",
         sa.Column("scope", sa.String(length=24), nullable=False),
         sa.Column("bucket", sa.BigInteger(), nullable=False),
-        sa.Column("owner_user_id", sa.Integer(), nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("is_byok", sa.Boolean(), nullable=False),
         sa.Column("tasks", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint(
-            "scope",
-            "bucket",
-            "owner_user_id",
-            "model",
-            "status",
-            "is_byok",
-            name=op.f("pk_task_rollups_monthly"),
+            "scope", "bucket", "model", "status", "is_byok", name=op.f("pk_task_rollups_monthly")
         ),
+    )
+    op.create_table(
+        "owner_months",
+        sa.Column("scope", sa.String(length=24), nullable=False),
+        sa.Column("bucket", sa.BigInteger(), nullable=False),
+        sa.Column("owner_user_id", sa.Integer(), nullable=False),
+        sa.Column("neo_credits_nano", sa.BigInteger(), nullable=False),
+        sa.Column("tasks", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("scope", "bucket", "owner_user_id", name=op.f("pk_owner_months")),
     )
     op.create_table(
         "scope_hours",
@@ -90,28 +103,22 @@ def upgrade() -> None:
     month = _month_of_bucket()
     sums = ", ".join(f"sum({name})" for name in STREAM_FIGURES)
     op.execute(
-        "INSERT INTO stream_rollups_monthly (scope, bucket, owner_user_id, model, is_byok, "  # noqa: S608
-        f"finished, {', '.join(STREAM_FIGURES)}) "
-        f"SELECT scope, {month}, owner_user_id, model, is_byok, finished, {sums} "
-        f"FROM stream_rollups GROUP BY scope, {month}, owner_user_id, model, is_byok, finished"
+        "INSERT INTO stream_rollups_monthly (scope, bucket, model, is_byok, finished, "  # noqa: S608
+        f"{', '.join(STREAM_FIGURES)}) "
+        f"SELECT scope, {month}, model, is_byok, finished, {sums} "
+        f"FROM stream_rollups GROUP BY scope, {month}, model, is_byok, finished"
     )
     op.execute(
-        "INSERT INTO task_rollups_monthly (scope, bucket, owner_user_id, model, status, "  # noqa: S608
-        "is_byok, tasks) "
-        f"SELECT scope, {month}, owner_user_id, model, status, is_byok, sum(tasks) "
-        f"FROM task_rollups GROUP BY scope, {month}, owner_user_id, model, status, is_byok"
+        "INSERT INTO task_rollups_monthly (scope, bucket, model, status, is_byok, tasks) "  # noqa: S608
+        f"SELECT scope, {month}, model, status, is_byok, sum(tasks) "
+        f"FROM task_rollups GROUP BY scope, {month}, model, status, is_byok"
     )
-    op.execute(
-        "INSERT INTO scope_hours (scope, bucket, neo_credits_nano, tasks) "
-        "SELECT scope, hour, sum(neo), sum(tasks) FROM ("
-        "  SELECT scope, bucket - bucket % 4 AS hour, neo_credits_nano AS neo, 0 AS tasks"
-        "  FROM stream_rollups WHERE finished"
-        "  UNION ALL SELECT scope, bucket - bucket % 4, 0, tasks FROM task_rollups"
-        ") AS hourly GROUP BY scope, hour"
-    )
+    op.execute(_counted("owner_months", "owner_user_id", month))
+    op.execute(_counted("scope_hours", None, "bucket - bucket % 4"))
 
 
 def downgrade() -> None:
     op.drop_table("scope_hours")
+    op.drop_table("owner_months")
     op.drop_table("task_rollups_monthly")
     op.drop_table("stream_rollups_monthly")
