@@ -217,42 +217,20 @@ class RollupDeltas:
                 self._add(self._owner_months, (owner, (0, 1)), sign)
 
     def write(self, db: Session) -> None:
-        _upsert(db, StreamRollup.__table__, STREAM_KEY, STREAM_VALUES, self._streams.items())  # type: ignore[arg-type]
-        _upsert(db, TaskRollup.__table__, TASK_KEY, TASK_VALUES, self._tasks.items())  # type: ignore[arg-type]
         # Coarser tiers after finer ones: the later a row in this order, the more writers
-        # share it, so the hottest rows are locked last and held the shortest.
-        _upsert(db, ScopeHour.__table__, HOUR_KEY, HOUR_VALUES, self._hours.items())  # type: ignore[arg-type]
-        _upsert(
-            db,
-            OwnerMonth.__table__,  # type: ignore[arg-type]
-            OWNER_MONTH_KEY,
-            OWNER_MONTH_VALUES,
-            self._owner_months.items(),
-        )
-        _upsert(
-            db,
-            StreamRollupMonth.__table__,  # type: ignore[arg-type]
-            STREAM_MONTH_KEY,
-            STREAM_VALUES,
-            self._stream_months.items(),
-        )
-        _upsert(
-            db,
-            TaskRollupMonth.__table__,  # type: ignore[arg-type]
-            TASK_MONTH_KEY,
-            TASK_VALUES,
-            self._task_months.items(),
-        )
-        _upsert(db, ScopeTotal.__table__, SCOPE_KEY, SCOPE_VALUES, self._scopes.items())  # type: ignore[arg-type]
-        for deltas in (
-            self._streams,
-            self._tasks,
-            self._hours,
-            self._stream_months,
-            self._task_months,
-            self._owner_months,
-            self._scopes,
-        ):
+        # share it, so the hottest rows are locked last and held the shortest; the scope's
+        # totals row, which every writer of the scope touches, last of all.
+        tiers: list[tuple[Any, tuple[str, ...], tuple[str, ...], dict[Any, list[int]]]] = [
+            (StreamRollup, STREAM_KEY, STREAM_VALUES, self._streams),
+            (TaskRollup, TASK_KEY, TASK_VALUES, self._tasks),
+            (ScopeHour, HOUR_KEY, HOUR_VALUES, self._hours),
+            (OwnerMonth, OWNER_MONTH_KEY, OWNER_MONTH_VALUES, self._owner_months),
+            (StreamRollupMonth, STREAM_MONTH_KEY, STREAM_VALUES, self._stream_months),
+            (TaskRollupMonth, TASK_MONTH_KEY, TASK_VALUES, self._task_months),
+            (ScopeTotal, SCOPE_KEY, SCOPE_VALUES, self._scopes),
+        ]
+        for table, key_names, value_names, deltas in tiers:
+            _upsert(db, table.__table__, key_names, value_names, deltas.items())
             deltas.clear()
 
 
