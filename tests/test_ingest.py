@@ -154,6 +154,25 @@ def test_rejections_land_the_rest_of_the_batch(
     assert event_count(store) == 3
 
 
+def test_a_lone_surrogate_rejects_its_event_only(
+    client: TestClient, factory: Factory, store: Store
+) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); no store can keep it as text."""
+    ada = factory.person("ada@example.com")
+    s = StreamEvents("task-S")
+    events = [s.started(0, model="m"), {**s.agent(1), "agent_name": "half\ud800"}, s.finished(5)]
+    answer = client.post(
+        EVENTS,
+        content=json.dumps({"events": events}),  # ASCII, the surrogate as an escape
+        headers={"X-Api-Key": ada.key, "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 207, answer.text
+    body = answer.json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [(1, "invalid_event")]
+    assert event_count(store) == 2
+
+
 def test_service_keys_name_the_user(client: TestClient, factory: Factory, store: Store) -> None:
     factory.person("ada@example.com")
     key = factory.service_key()
