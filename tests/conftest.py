@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
@@ -25,6 +26,15 @@ from taskmeter.store import Store
 from taskmeter.store.migrate import upgrade
 from taskmeter.store.tables import Base
 from tests.factories import Factory
+
+# Property tests draw the same examples on every run unless asked to explore, like the
+# schemathesis seed: a red CI then means the code changed, not the dice.
+# TASKMETER_HYPOTHESIS_SEED=random draws new examples each run.
+hypothesis_settings.register_profile("fixed", derandomize=True)
+hypothesis_settings.register_profile("random", derandomize=False)
+hypothesis_settings.load_profile(
+    "random" if os.environ.get("TASKMETER_HYPOTHESIS_SEED") == "random" else "fixed"
+)
 
 PG_ADMIN_URL = os.environ.get("TASKMETER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = [
