@@ -26,7 +26,7 @@ def dumps(value: Any) -> str:
 
 
 class JSONBody(JSONResponse):
-    """A JSON response encoded by orjson."""
+    """A JSON response encoded by orjson (FastAPI's own `ORJSONResponse` is deprecated)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=_OPTIONS)

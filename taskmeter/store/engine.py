@@ -21,13 +21,15 @@ from taskmeter.config import Settings
 
 __all__ = ["Store"]
 
+# JSON columns (task rows, event payloads) through orjson, on both stores.
+JSON_CODEC: dict[str, Any] = {"json_serializer": jsonio.dumps, "json_deserializer": jsonio.loads}
+
 
 def _sqlite_engine(url: str, *, immediate: bool, busy_timeout_ms: int) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False},
-        json_serializer=jsonio.dumps,
-        json_deserializer=jsonio.loads,
+        **JSON_CODEC,
     )
 
     @event.listens_for(engine, "connect")
@@ -69,8 +71,7 @@ class Store:
                 max_overflow=10,
                 pool_pre_ping=True,
                 pool_timeout=5,
-                json_serializer=jsonio.dumps,
-                json_deserializer=jsonio.loads,
+                **JSON_CODEC,
             )
             self.write_engine = self.read_engine
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)

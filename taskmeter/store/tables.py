@@ -34,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
 
 __all__ = [
+    "STREAM_FIGURES",
     "ApiKey",
     "Base",
     "CreditGrant",
@@ -57,6 +58,19 @@ __all__ = [
 # SQLite), so a range reads a few consecutive pages instead of one heap page per row, scattered
 # by the order writers happened to insert them (EXPLAIN ANALYZE in bench/RESULTS.md).
 CLUSTERED = {"sqlite_with_rowid": False}
+
+# A stream rollup's additive figures, in the order the rollup code reads and writes them.
+STREAM_FIGURES = (
+    "streams",
+    "neo_credits_nano",
+    "base_nano",
+    "tool_calls",
+    "input_tokens",
+    "output_tokens",
+    "steps",
+    "agent_triggers",
+    "execution_ms",
+)
 
 # SQLite only aliases the rowid for a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -260,7 +274,22 @@ class Task(Base):
     row: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
 
 
-class StreamRollup(Base):
+class _StreamFigures:
+    """The additive figures of a stream rollup, after its key columns (mixin columns follow
+    the class's own), in the order of `STREAM_FIGURES`."""
+
+    streams: Mapped[int] = mapped_column(BigInteger, default=0)
+    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    tool_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    agent_triggers: Mapped[int] = mapped_column(BigInteger, default=0)
+    execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StreamRollup(_StreamFigures, Base):
     """Additive stream figures per scope and 15-minute UTC bucket of `created_at`.
 
     Fifteen minutes divides every UTC offset in use (…:30, …:45 zones included), so periods
@@ -276,18 +305,9 @@ class StreamRollup(Base):
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     is_byok: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     finished: Mapped[bool] = mapped_column(Boolean, primary_key=True)
-    streams: Mapped[int] = mapped_column(BigInteger, default=0)
-    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    tool_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    steps: Mapped[int] = mapped_column(BigInteger, default=0)
-    agent_triggers: Mapped[int] = mapped_column(BigInteger, default=0)
-    execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class StreamRollupMonth(Base):
+class StreamRollupMonth(_StreamFigures, Base):
     """The same figures per UTC calendar month, without the owner (`bucket`: the month's first
     15-minute bucket). A year of a team is then a few hundred rows, not one per owner, model
     and bucket; the 15-minute rows still serve the months a window cuts.
@@ -301,17 +321,7 @@ class StreamRollupMonth(Base):
             "model",
             "is_byok",
             "finished",
-            postgresql_include=[
-                "streams",
-                "neo_credits_nano",
-                "base_nano",
-                "tool_calls",
-                "input_tokens",
-                "output_tokens",
-                "steps",
-                "agent_triggers",
-                "execution_ms",
-            ],
+            postgresql_include=list(STREAM_FIGURES),
         ),
         CLUSTERED,
     )
@@ -321,15 +331,6 @@ class StreamRollupMonth(Base):
     model: Mapped[str] = mapped_column(String(200))
     is_byok: Mapped[bool] = mapped_column(Boolean)
     finished: Mapped[bool] = mapped_column(Boolean)
-    streams: Mapped[int] = mapped_column(BigInteger, default=0)
-    neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    tool_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    steps: Mapped[int] = mapped_column(BigInteger, default=0)
-    agent_triggers: Mapped[int] = mapped_column(BigInteger, default=0)
-    execution_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class OwnerMonth(Base):

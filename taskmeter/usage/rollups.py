@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from taskmeter.store.tables import (
+    STREAM_FIGURES,
     OwnerMonth,
     ScopeHour,
     ScopeTotal,
@@ -48,17 +49,7 @@ __all__ = [
 
 BUCKET_S = 900
 STREAM_KEY = ("scope", "bucket", "owner_user_id", "model", "is_byok", "finished")
-STREAM_VALUES = (
-    "streams",
-    "neo_credits_nano",
-    "base_nano",
-    "tool_calls",
-    "input_tokens",
-    "output_tokens",
-    "steps",
-    "agent_triggers",
-    "execution_ms",
-)
+STREAM_VALUES = STREAM_FIGURES
 TASK_KEY = ("scope", "bucket", "owner_user_id", "model", "status", "is_byok")
 TASK_VALUES = ("tasks",)
 SCOPE_KEY = ("scope",)
@@ -103,9 +94,8 @@ def month_of(bucket: int) -> int:
     return _month_start(bucket * BUCKET_S // 86_400)
 
 
-def _monthly(key: tuple[Any, ...], bucket_at: int, owner_at: int) -> tuple[Any, ...]:
-    """A 15-minute key as its month's key: the bucket moved to the month, the owner dropped."""
-    month = month_of(key[bucket_at])
+def _monthly(key: tuple[Any, ...], bucket_at: int, owner_at: int, month: int) -> tuple[Any, ...]:
+    """A 15-minute key as its month's key: the bucket moved to `month`, the owner dropped."""
     return tuple(month if i == bucket_at else value for i, value in enumerate(key) if i != owner_at)
 
 
@@ -190,12 +180,13 @@ class RollupDeltas:
                     self._add(self._scopes, ((key[_STREAM_SCOPE],), (1, 0)), sign)
                 if not self.coarse:
                     continue
-                month = _monthly(key, _STREAM_BUCKET, _STREAM_OWNER)
-                self._add(self._stream_months, (month, values), sign)
+                month = month_of(bucket)
+                monthly = _monthly(key, _STREAM_BUCKET, _STREAM_OWNER, month)
+                self._add(self._stream_months, (monthly, values), sign)
                 if finished:
                     scope, neo = key[_STREAM_SCOPE], values[_STREAM_NEO]
                     self._add(self._hours, ((scope, hour_of(bucket)), (neo, 0)), sign)
-                    owner = (scope, month_of(bucket), key[_STREAM_OWNER])
+                    owner = (scope, month, key[_STREAM_OWNER])
                     self._add(self._owner_months, (owner, (neo, 0)), sign)
 
     def task_changed(self, before: Contribution | None, after: Contribution | None) -> None:
@@ -210,10 +201,11 @@ class RollupDeltas:
                 self._add(self._scopes, ((scope,), (0, 1)), sign)
                 if not self.coarse:
                     continue
-                month = _monthly(key, _TASK_BUCKET, _TASK_OWNER)
-                self._add(self._task_months, (month, values), sign)
+                month = month_of(bucket)
+                monthly = _monthly(key, _TASK_BUCKET, _TASK_OWNER, month)
+                self._add(self._task_months, (monthly, values), sign)
                 self._add(self._hours, ((scope, hour_of(bucket)), (0, 1)), sign)
-                owner = (scope, month_of(bucket), key[_TASK_OWNER])
+                owner = (scope, month, key[_TASK_OWNER])
                 self._add(self._owner_months, (owner, (0, 1)), sign)
 
     def write(self, db: Session) -> None:
