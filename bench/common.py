@@ -55,11 +55,30 @@ def create_pg_database(name: str | None = None) -> tuple[str, Callable[[], None]
     return PG_URL.rpartition("/")[0] + f"/{name}", drop
 
 
+def _process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            pids.extend(_process_tree(int(child)))
+    return pids
+
+
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of `pid` and its descendants (`serve --workers N` forks N workers)."""
+    total = 0.0
+    for member in _process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def start_serve(url: str, workdir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
 
@@ -146,14 +147,19 @@ def main() -> None:
     user = "bench@example.com"
     run("users", "create", user)
     key = run("keys", "create", "--service", "bench")
-    server, base = start_serve(url, workdir)
+    server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(args.workers))
     try:
-        work: queue.Queue[bytes | None] = queue.Queue(maxsize=args.concurrency * 4)
+        # One producer per connection, like one agent worker per connection: a stream's
+        # events are batched by the client that runs it, and its batches arrive in order.
+        # (One producer shared by all connections would split nearly every stream across two
+        # batches in flight at once, and those serialize on the stream's row lock.)
         stop = threading.Event()
-        producer = threading.Thread(
-            target=batches, args=(1, user, args.batch, work, stop), daemon=True
-        )
-        producer.start()
+        works: list[queue.Queue[bytes | None]] = []
+        for n in range(args.concurrency):
+            works.append(queue.Queue(maxsize=4))
+            threading.Thread(
+                target=batches, args=(1 + n, user, args.batch, works[n], stop), daemon=True
+            ).start()
         latencies: list[float] = []
         accepted = [0]
         failures = [0]
@@ -161,7 +167,7 @@ def main() -> None:
         lock = threading.Lock()
         deadline = time.monotonic() + args.seconds
 
-        def worker() -> None:
+        def worker(work: queue.Queue[bytes | None]) -> None:
             with httpx.Client(
                 base_url=base,
                 headers={"X-Api-Key": key, "content-type": "application/json"},
@@ -180,7 +186,7 @@ def main() -> None:
                             failures[0] += 1
 
         started = time.monotonic()
-        threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+        threads = [threading.Thread(target=worker, args=(work,)) for work in works]
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads):
@@ -195,7 +201,7 @@ def main() -> None:
 
         print(
             f"store={args.store} seconds={wall:.1f} concurrency={args.concurrency} "
-            f"batch={args.batch}"
+            f"batch={args.batch} workers={args.workers}"
         )
         print(f"events accepted: {accepted[0]}  batches: {len(latencies)}  failed: {failures[0]}")
         print(f"sustained: {accepted[0] / wall:,.0f} events/s")

@@ -171,7 +171,9 @@ def until(done: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
-def run_taskmeter(store: str, bodies: list[bytes], traces: int, concurrency: int) -> float:
+def run_taskmeter(
+    store: str, bodies: list[bytes], traces: int, concurrency: int, workers: int
+) -> float:
     workdir = Path(tempfile.mkdtemp(prefix="taskmeter-otlp-"))
     cleanup = None
     if store == "sqlite":
@@ -191,7 +193,7 @@ def run_taskmeter(store: str, bodies: list[bytes], traces: int, concurrency: int
     person = subprocess.run(
         [TASKMETER, "keys", "create", USER], env=env, check=True, capture_output=True, text=True
     ).stdout.strip()
-    server, base = start_serve(url, workdir)
+    server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(workers))
     try:
         began = time.monotonic()
         statuses = send_all(f"{base}/v1/traces", {"X-Api-Key": key}, bodies, concurrency)
@@ -258,15 +260,16 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=20_000)
     parser.add_argument("--phoenix-traces", type=int, help="default: --traces")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--phoenix", default="phoenix", help="the phoenix executable")
     args = parser.parse_args()
     spans = args.traces * SPANS_PER_TRACE
     bodies = exports(args.traces, seed=7)
     print(
         f"{args.traces:,} traces, {spans:,} spans in {len(bodies)} exports "
-        f"of {TRACES_PER_EXPORT} traces, concurrency {args.concurrency}"
+        f"of {TRACES_PER_EXPORT} traces, concurrency {args.concurrency}, workers {args.workers}"
     )
-    ours = run_taskmeter(args.store, bodies, args.traces, args.concurrency)
+    ours = run_taskmeter(args.store, bodies, args.traces, args.concurrency, args.workers)
     print(f"taskmeter ({args.store}): {ours:.1f} s, {spans / ours:,.0f} spans/s to queryable")
     phoenix_traces = args.phoenix_traces or args.traces
     phoenix_bodies = exports(phoenix_traces, seed=7)

@@ -118,3 +118,63 @@ def test_the_sweeper_closes_each_idle_stream_once_across_replicas(
         for n in re.findall(r"sweeper closed (\d+) idle streams", path.read_text())
     ]
     assert sum(closed) == IDLE_STREAMS, closed  # each stream closed by exactly one replica
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_share_one_port_keep_totals_exact_and_stop_together(
+    database_url: str, factory: Factory, tmp_path: Path
+) -> None:
+    """`serve --workers 2` (here TASKMETER_WORKERS): two processes answer on one port, clients
+    writing the same streams through it get exact totals, and stopping serve stops them all."""
+    ada = factory.person("ada@example.com", team="red", role="admin")
+    streams = [("shared-task", StreamEvents("shared-task").stream_id) for _ in range(4)]
+    process, base = serve(database_url, tmp_path, {"TASKMETER_WORKERS": "2"})
+    try:
+        deadline = time.monotonic() + 30
+        workers: list[int] = []
+        while len(workers) < 2:  # uvicorn's multiprocessing resource tracker is also a child
+            assert time.monotonic() < deadline, "serve did not start two workers"
+            workers = [
+                pid
+                for pid in _descendants(process.pid)
+                if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+            ]
+            time.sleep(0.1)
+        spawn = multiprocessing.get_context("spawn")
+        with spawn.Pool(CLIENTS) as pool:
+            results = pool.starmap(
+                write_interleaved, [(c, [base], ada.key, streams) for c in range(CLIENTS)]
+            )
+        steps = CLIENTS * BATCHES * PER_BATCH
+        tools = CLIENTS * BATCHES * len(range(0, PER_BATCH, 6))
+        assert sum(a for a, _ in results) == steps + tools + len(streams)
+        finishes = [StreamEvents(t, s).finished(10**5) for t, s in streams]
+        httpx.post(
+            f"{base}/api/v1/usage/events", json={"events": finishes}, headers=ada.headers
+        ).raise_for_status()
+        with UsageClient(base, api_key=ada.key) as usage:
+            task = usage.task("shared-task")
+            assert task.stream_count == len(streams) and task.step_count == steps
+            assert task.tool_time_ms == tools * 4
+        children = _descendants(process.pid)
+    finally:
+        stop(process)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "workers outlived serve"
+        time.sleep(0.1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -28,11 +30,13 @@ def serve(
         str | None, typer.Option("--database-url", help="Store URL (else TASKMETER_DATABASE_URL).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Processes serving requests (else TASKMETER_WORKERS)."),
+    ] = None,
 ) -> None:
     """Serve the API and dashboard (migrates the store on start)."""
     import uvicorn
-
-    from taskmeter.app import create_app
 
     if database_url:
         ctx.obj = {**(ctx.obj or {}), "database_url": database_url}
@@ -40,11 +44,43 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=False,
+    processes = workers or settings.workers
+    if processes == 1:
+        from taskmeter.app import create_app
+
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            proxy_headers=False,
+        )
+        return
+    # Each worker is a fresh process that reads its settings from the environment, like a
+    # replica. The store is migrated once here, so the workers do not race to do it; then
+    # this process becomes uvicorn's supervisor, which needs none of the CLI's imports
+    # (keeping them would cost ~85 MiB of resident memory doing nothing).
+    with open_store(ctx):
+        pass
+    for name, value in (ctx.obj or {}).items():
+        if value is not None:
+            os.environ[f"TASKMETER_{name.upper()}"] = str(value)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(  # noqa: S606 - a fixed argv: this interpreter running uvicorn
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "taskmeter.app:create_app",
+            "--factory",
+            f"--workers={processes}",
+            f"--host={host}",
+            f"--port={port}",
+            f"--log-level={log_level}",
+            "--no-access-log",
+            "--no-proxy-headers",
+        ],
     )
