@@ -17,7 +17,7 @@ import httpx
 from taskmeter.client import UsageClient
 from tests.events import StreamEvents
 from tests.factories import Factory
-from tests.processes import serve, stop
+from tests.processes import alive, descendants, serve, stop
 
 REPLICAS = 3
 CLIENTS = 3
@@ -120,22 +120,6 @@ def test_the_sweeper_closes_each_idle_stream_once_across_replicas(
     assert sum(closed) == IDLE_STREAMS, closed  # each stream closed by exactly one replica
 
 
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_workers_share_one_port_keep_totals_exact_and_stop_together(
     database_url: str, factory: Factory, tmp_path: Path
 ) -> None:
@@ -151,7 +135,7 @@ def test_workers_share_one_port_keep_totals_exact_and_stop_together(
             assert time.monotonic() < deadline, "serve did not start two workers"
             workers = [
                 pid
-                for pid in _descendants(process.pid)
+                for pid in descendants(process.pid)
                 if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
             ]
             time.sleep(0.1)
@@ -171,10 +155,10 @@ def test_workers_share_one_port_keep_totals_exact_and_stop_together(
             task = usage.task("shared-task")
             assert task.stream_count == len(streams) and task.step_count == steps
             assert task.tool_time_ms == tools * 4
-        children = _descendants(process.pid)
+        children = descendants(process.pid)
     finally:
         stop(process)
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in children):
+    while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, "workers outlived serve"
         time.sleep(0.1)

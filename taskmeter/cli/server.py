@@ -60,7 +60,7 @@ def serve(
     # Each worker is a fresh process that reads its settings from the environment, like a
     # replica. The store is migrated once here, so the workers do not race to do it; then
     # this process becomes uvicorn's supervisor, which needs none of the CLI's imports
-    # (keeping them would cost ~85 MiB of resident memory doing nothing).
+    # (measured idle: 99 MiB resident as `serve`, 27 MiB as the supervisor).
     with open_store(ctx):
         pass
     for name, value in (ctx.obj or {}).items():

@@ -320,17 +320,8 @@ def _event_row(event: Event, cost_nano: int | None, now: datetime) -> dict[str, 
     }
 
 
-EVENT_COLUMNS = (
-    "stream_id",
-    "event_id",
-    "task_id",
-    "type",
-    "time",
-    "model",
-    "payload",
-    "cost_nano",
-    "received_at",
-)
+# Every column but the generated key, in the table's order: what COPY writes.
+EVENT_COLUMNS = tuple(c.name for c in UsageEvent.__table__.columns if c.name != "id")
 
 
 def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
@@ -345,7 +336,7 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
         return
     if db.get_bind().dialect.name != "postgresql":
         db.execute(
-            sqlite_insert(UsageEvent.__table__).on_conflict_do_nothing(  # type: ignore[arg-type]
+            _insert(db)(UsageEvent.__table__).on_conflict_do_nothing(
                 index_elements=["stream_id", "event_id"]
             ),
             rows,
@@ -359,17 +350,7 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
     ):
         for row in rows:
             copy.write_row(
-                [
-                    row["stream_id"],
-                    row["event_id"],
-                    row["task_id"],
-                    row["type"],
-                    row["time"],
-                    row["model"],
-                    jsonio.dumps(row["payload"]),
-                    row["cost_nano"],
-                    row["received_at"],
-                ]
+                [jsonio.dumps(row[c]) if c == "payload" else row[c] for c in EVENT_COLUMNS]
             )
 
 
