@@ -79,3 +79,25 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def accepted_connections(pids: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections to local `port` each of `pids` holds open."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(fields[9])
+    counts: dict[int, int] = {}
+    for pid in pids:
+        counts[pid] = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed while we looked
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                counts[pid] += 1
+    return counts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import httpx
 from taskmeter.client import UsageClient
 from tests.events import StreamEvents
 from tests.factories import Factory
-from tests.processes import alive, descendants, serve, stop
+from tests.processes import accepted_connections, alive, descendants, serve, stop
 
 REPLICAS = 3
 CLIENTS = 3
@@ -123,8 +124,9 @@ def test_the_sweeper_closes_each_idle_stream_once_across_replicas(
 def test_workers_share_one_port_keep_totals_exact_and_stop_together(
     database_url: str, factory: Factory, tmp_path: Path
 ) -> None:
-    """`serve --workers 2` (here TASKMETER_WORKERS): two processes answer on one port, clients
-    writing the same streams through it get exact totals, and stopping serve stops them all."""
+    """`serve --workers 2` (here TASKMETER_WORKERS): two processes answer on one port, both
+    take connections, clients writing the same streams through it get exact totals, and
+    stopping serve stops them all."""
     ada = factory.person("ada@example.com", team="red", role="admin")
     streams = [("shared-task", StreamEvents("shared-task").stream_id) for _ in range(4)]
     process, base = serve(database_url, tmp_path, {"TASKMETER_WORKERS": "2"})
@@ -139,6 +141,20 @@ def test_workers_share_one_port_keep_totals_exact_and_stop_together(
                 if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
             ]
             time.sleep(0.1)
+        # Connections opened at once reach both workers: each has its own listening socket
+        # (with a shared one, the first worker awake accepted them all). All 16 on one of
+        # the two by chance: 2 in 65,536.
+        port = int(base.rsplit(":", 1)[1])
+        burst = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+        try:
+            deadline = time.monotonic() + 10
+            while sum((spread := accepted_connections(workers, port)).values()) < 16:
+                assert time.monotonic() < deadline, spread
+                time.sleep(0.05)
+        finally:
+            for connection in burst:
+                connection.close()
+        assert all(spread.values()), spread
         spawn = multiprocessing.get_context("spawn")
         with spawn.Pool(CLIENTS) as pool:
             results = pool.starmap(

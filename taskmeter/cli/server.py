@@ -58,9 +58,10 @@ def serve(
         )
         return
     # Each worker is a fresh process that reads its settings from the environment, like a
-    # replica. The store is migrated once here, so the workers do not race to do it; then
-    # this process becomes uvicorn's supervisor, which needs none of the CLI's imports
-    # (measured idle: 99 MiB resident as `serve`, 27 MiB as the supervisor).
+    # replica, and listens on its own socket (taskmeter/workers.py says why). The store is
+    # migrated once here, so the workers do not race to do it; then this process becomes the
+    # supervisor, which needs none of the CLI's imports (measured idle: 99 MiB resident as
+    # `serve`, 27 MiB as uvicorn's supervisor).
     with open_store(ctx):
         pass
     for name, value in (ctx.obj or {}).items():
@@ -68,19 +69,15 @@ def serve(
             os.environ[f"TASKMETER_{name.upper()}"] = str(value)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(  # noqa: S606 - a fixed argv: this interpreter running uvicorn
+    os.execv(  # noqa: S606 - a fixed argv: this interpreter running the supervisor
         sys.executable,
         [
             sys.executable,
             "-m",
-            "uvicorn",
-            "taskmeter.app:create_app",
-            "--factory",
-            f"--workers={processes}",
-            f"--host={host}",
-            f"--port={port}",
-            f"--log-level={log_level}",
-            "--no-access-log",
-            "--no-proxy-headers",
+            "taskmeter.workers",
+            str(processes),
+            host,
+            str(port),
+            log_level,
         ],
     )

@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -106,6 +106,34 @@ def _owners(db: Session, emails: Iterable[str]) -> dict[str, Owner]:
         .where(User.email.in_(wanted))
     ).all()
     return {email: Owner(uid, team, rate) for email, uid, team, rate in rows}
+
+
+def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> set[tuple[uuid.UUID, str]]:
+    """Which of these (stream_id, event_id) pairs are stored already: one index probe a pair.
+
+    Matching `stream_id IN (…) AND event_id IN (…)` instead probes the unique index once per
+    combination of the two lists (50 streams × 700 events = 35,000 probes for one OTLP
+    export), which was the busiest statement of an ingest batch on PostgreSQL. The LIMIT
+    keeps PostgreSQL on the index whatever its statistics say: a plain join, planned while
+    the table had never been analyzed, hashed the whole table for every batch.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        rows = db.execute(
+            text(
+                "SELECT e.stream_id, e.event_id FROM unnest(CAST(:sids AS uuid[]), "
+                "CAST(:eids AS text[])) AS k(stream_id, event_id) CROSS JOIN LATERAL ("
+                "SELECT u.stream_id, u.event_id FROM usage_events u WHERE "
+                "u.stream_id = k.stream_id AND u.event_id = k.event_id LIMIT 1) AS e"
+            ),
+            {"sids": [s for s, _ in pairs], "eids": [e for _, e in pairs]},
+        )
+    else:
+        rows = db.execute(
+            select(UsageEvent.stream_id, UsageEvent.event_id).where(
+                tuple_(UsageEvent.stream_id, UsageEvent.event_id).in_(pairs)
+            )
+        )
+    return {(sid, eid) for sid, eid in rows}
 
 
 def _insert(db: Session) -> Any:
@@ -211,15 +239,7 @@ class Ingestor:
                 .with_for_update()
             )
         }
-        stored: set[tuple[uuid.UUID, str]] = {
-            (sid, eid)
-            for sid, eid in db.execute(
-                select(UsageEvent.stream_id, UsageEvent.event_id).where(
-                    UsageEvent.stream_id.in_(ids),
-                    UsageEvent.event_id.in_(sorted({e.id for _, e in events})),
-                )
-            )
-        }
+        stored = _stored_pairs(db, sorted({(e.stream_id, e.id) for _, e in events}))
         rollups = RollupDeltas()
         before = {sid: stream_contribution(s) for sid, s in streams.items()}
         for stream in streams.values():
@@ -258,6 +278,7 @@ class Ingestor:
                 if s.scope is not None and s.status is not None
             },
             rollups,
+            loaded=(streams[sid] for sid in touched),
         )
         rollups.write(db)
 
@@ -303,10 +324,18 @@ class _Reject(Exception):
         self.message = message
 
 
+# Stored in their own columns, so not again in the payload.
+_COLUMN_FIELDS = frozenset({"id", "type", "time", "stream_id", "task_id"})
+
+
 def _event_row(event: Event, cost_nano: int | None, now: datetime) -> dict[str, Any]:
-    payload = event.model_dump(
-        mode="json", exclude={"id", "type", "time", "stream_id", "task_id"}, exclude_none=True
-    )
+    # What `model_dump(mode="json", exclude=…, exclude_none=True)` gives for these flat
+    # models (a Decimal as its string), at a fifth of its cost.
+    payload = {
+        name: str(value) if isinstance(value, Decimal) else value
+        for name, value in event.__dict__.items()
+        if value is not None and name not in _COLUMN_FIELDS
+    }
     return {
         "stream_id": event.stream_id,
         "event_id": event.id,
@@ -354,8 +383,16 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
             )
 
 
-def project_tasks(db: Session, keys: set[tuple[str, str]], rollups: RollupDeltas) -> None:
+def project_tasks(
+    db: Session,
+    keys: set[tuple[str, str]],
+    rollups: RollupDeltas,
+    loaded: Iterable[Stream] = (),
+) -> None:
     """Recompute the task rows for (scope, task_id) from their visible streams.
+
+    `loaded` are streams the session holds already, flushed: they are not read again (an
+    ingest batch's own streams were a second full read of the same rows).
 
     Two transactions finishing different streams of one task must not both compute from a
     snapshot that misses the other's stream: on PostgreSQL every task is locked first with a
@@ -387,16 +424,18 @@ def project_tasks(db: Session, keys: set[tuple[str, str]], rollups: RollupDeltas
         if (scope, task_id) in keys
     }
     visible: dict[tuple[str, str], list[Stream]] = {key: [] for key in ordered}
-    for stream in db.scalars(
-        select(Stream)
-        .where(
-            Stream.scope.in_(scopes),
-            Stream.task_id.in_(task_ids),
-            Stream.status.is_not(None),
-            Stream.started.is_(True),
-        )
-        .order_by(Stream.stream_id)
-    ):
+    held = {s.stream_id: s for s in loaded}
+    query = select(Stream).where(
+        Stream.scope.in_(scopes),
+        Stream.task_id.in_(task_ids),
+        Stream.status.is_not(None),
+        Stream.started.is_(True),
+    )
+    if held:
+        query = query.where(Stream.stream_id.not_in(sorted(held)))
+    others = list(db.scalars(query))
+    held_visible = (s for s in held.values() if s.status is not None and s.started)
+    for stream in sorted([*others, *held_visible], key=lambda s: s.stream_id):
         key = (stream.scope, stream.task_id)
         if key in visible:
             visible[key].append(stream)
