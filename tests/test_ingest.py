@@ -154,13 +154,20 @@ def test_rejections_land_the_rest_of_the_batch(
     assert event_count(store) == 3
 
 
-def test_a_lone_surrogate_rejects_its_event_only(
+def test_a_lone_surrogate_or_nan_rejects_its_event_only(
     client: TestClient, factory: Factory, store: Store
 ) -> None:
-    """JSON may escape half a UTF-16 pair ("\\ud800"); no store can keep it as text."""
+    """JSON may escape half a UTF-16 pair ("\\ud800"); no store can keep it as text. NaN is
+    not JSON, but the standard library reads it: neither may sink the batch (the fast parser
+    refuses both, and the body is read again the lenient way)."""
     ada = factory.person("ada@example.com")
     s = StreamEvents("task-S")
-    events = [s.started(0, model="m"), {**s.agent(1), "agent_name": "half\ud800"}, s.finished(5)]
+    events = [
+        s.started(0, model="m"),
+        {**s.agent(1), "agent_name": "half\ud800"},
+        {**s.tool(2, "nmap", 10), "duration_ms": float("nan")},
+        s.finished(5),
+    ]
     answer = client.post(
         EVENTS,
         content=json.dumps({"events": events}),  # ASCII, the surrogate as an escape
@@ -169,7 +176,10 @@ def test_a_lone_surrogate_rejects_its_event_only(
     assert answer.status_code == 207, answer.text
     body = answer.json()
     assert body["accepted"] == 2
-    assert [(r["index"], r["code"]) for r in body["rejected"]] == [(1, "invalid_event")]
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [
+        (1, "invalid_event"),
+        (2, "invalid_event"),
+    ]
     assert event_count(store) == 2
 
 

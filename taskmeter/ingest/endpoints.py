@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from taskmeter import jsonio
 from taskmeter.deps import AUTH_RESPONSES, PrincipalDep
 from taskmeter.errors import BadRequest, ErrorResponse, PayloadTooLarge
 from taskmeter.ingest.otlp import decode_request, encode_response, spans_to_events
@@ -49,6 +50,21 @@ async def read_capped_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body may be at most {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _batch_document(body: bytes) -> Any:
+    """The parsed body: orjson (a quarter of the standard library's time on a batch of 1000),
+    and the standard library for what orjson refuses but it takes (NaN, Infinity, lone
+    surrogates), so such a value is one event's rejection, not the whole batch's 400. orjson
+    reads an integer beyond 64 bits as a float; a count field rejects either."""
+    try:
+        return jsonio.loads(body)
+    except ValueError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
 
 
 # Events are validated one by one (a bad event is rejected in the answer while the rest of its
@@ -96,10 +112,7 @@ BATCH_SCHEMA = {
 )
 async def post_events(request: Request, principal: PrincipalDep) -> JSONResponse:
     body = await read_capped_body(request, MAX_BATCH_BYTES)
-    try:
-        document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("the body is not valid JSON") from None
+    document = _batch_document(body)
     if not isinstance(document, dict) or not isinstance(document.get("events"), list):
         raise BadRequest('the body must be an object {"events": [ … ]}')
     events = document["events"]
