@@ -8,6 +8,7 @@ every event must then be stored exactly once, and the projections must count eac
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -136,11 +137,11 @@ def test_sigkill_loses_no_acknowledged_event(
     assert len(stored) == total, "every event sent is stored once"
     assert acknowledged <= stored, "an acknowledged event was lost"
     assert acknowledged, "the kills came too early to acknowledge anything"
-    steps = sum(tasks[f"crash-{i}"].row["step_count"] for i in range(5))
+    steps = sum(json.loads(tasks[f"crash-{i}"].usage)["step_count"] for i in range(5))
     assert steps == ROUNDS * BATCHES * PER_BATCH
     assert interrupted >= 1, "no kill interrupted ingestion: the test proved nothing"
     assert otlp_events == ROUNDS * 10  # per run: start, finish, 2 × (llm, step), 3 tools, 1 agent
-    assert all(tasks[f"crash-otlp-{r}"].row["llm_calls"] == 2 for r in range(ROUNDS))
+    assert all(json.loads(tasks[f"crash-otlp-{r}"].usage)["llm_calls"] == 2 for r in range(ROUNDS))
     print(
         f"\ncrash safety: {total} events in {len(batches)} batches and {ROUNDS} OTLP exports, "
         f"{ROUNDS} SIGKILLs ({interrupted} mid-ingestion); {len(acknowledged)} acknowledged "

@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from taskmeter.identity import service
 from taskmeter.store import Store
 from taskmeter.store.tables import Stream, Task, UsageEvent
-from taskmeter.usage.figures import figures_from_json, to_task_usage
 from tests.events import StreamEvents
 from tests.factories import Factory, Person
 from tests.spec import assert_error_response, seed_schema
@@ -27,7 +26,7 @@ def post(client: TestClient, key: str, events: list[dict[str, Any]]) -> Any:
 def task_row(store: Store, task_id: str) -> dict[str, Any]:
     with store.read() as db:
         task = db.scalars(select(Task).where(Task.task_id == task_id)).one()
-        row = to_task_usage(figures_from_json(task.row), as_task=True)
+        row = json.loads(task.usage)
     import jsonschema_rs
 
     jsonschema_rs.validate(seed_schema("TaskUsage"), row)

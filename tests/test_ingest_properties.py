@@ -22,7 +22,7 @@ from taskmeter.ingest.service import Ingestor
 from taskmeter.pricing.prices import PriceBook
 from taskmeter.store import Store
 from taskmeter.store.tables import Stream, Task
-from taskmeter.usage.figures import figures_from_json, stream_figures, to_task_usage
+from taskmeter.usage.figures import stream_figures, to_task_usage
 from tests.events import at
 from tests.factories import Factory
 
@@ -138,7 +138,7 @@ def snapshot(store: Store, example: int, run: str) -> str:
             for s in streams
             if not (s.started and s.status is not None)
         ]
-        task_usage = to_task_usage(figures_from_json(task.row), as_task=True) if task else None
+        task_usage = json.loads(task.usage) if task else None
     text = json.dumps({"streams": rows, "hidden": hidden, "task": task_usage})
     return text.replace(task_id, "TASK").replace(f"{run}000-4000", "R000-4000")
 

@@ -85,3 +85,86 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
 
 def test_store_answers_ping(store: Store) -> None:
     store.ping()
+
+
+def test_upgrade_renders_the_tasks_stored_before_0005(empty_url: str) -> None:
+    """0005 replaced the stored figures with each task's TaskUsage JSON; tasks already stored
+    are rendered by the migration, page by page, and read back as the API serves them."""
+    import json
+
+    from sqlalchemy import MetaData, Table
+
+    engine = create_engine(empty_url)
+    command.upgrade(alembic_config(engine), "0004")
+    tasks = Table("tasks", MetaData(), autoload_with=engine)
+    figures = {
+        "task_title": "Scan example.com",
+        "model": "gpt-4o",
+        "status": "completed",
+        "error_message": None,
+        "is_byok": False,
+        "created_at": "2026-03-01T10:00:00+00:00",
+        "finished_at": "2026-03-01T10:05:00+00:00",
+        "step_count": 4,
+        "step_latency_ms": 1001,
+        "tool_calls": 2,
+        "tool_time_ms": 2200,
+        "tool_breakdown": {"nuclei": {"calls": 2, "total_duration_ms": 2200}},
+        "tool_history": [
+            [1772359201000, "e1", "nuclei", 1500],
+            [1772359203000, "e2", "nuclei", 700],
+        ],
+        "agent_triggers": 1,
+        "agent_breakdown": {"recon": 1},
+        "llm_time_ms": 900,
+        "total_execution_ms": 300000,
+        "neo_credits_nano": 1_500_000_000,
+        "llm_cost_nano": 1_500_000_000,
+        "neo_cost_nano": None,
+        "input_tokens": 1000,
+        "output_tokens": 200,
+        "cache_read_tokens": 100,
+        "cache_write_tokens": 0,
+        "llm_calls": 1,
+        "stream_count": 1,
+        "owner_user_id": None,
+        "base_nano": 1_500_000_000,
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            tasks.insert(),
+            [
+                {
+                    "scope": f"u{n}",
+                    "task_id": f"task-{n}",
+                    "created_at": datetime(2026, 3, 1, 10, tzinfo=UTC),
+                    "status": "completed",
+                    "model": "gpt-4o",
+                    "is_byok": False,
+                    "stream_count": 1,
+                    "base_nano": 1_500_000_000,
+                    "row": {**figures, "task_id": f"task-{n}"},
+                }
+                for n in range(3)
+            ],
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT task_id, usage FROM tasks ORDER BY task_id")).all()
+        assert "row" not in {c["name"] for c in inspect(conn).get_columns("tasks")}
+    engine.dispose()
+    assert [task_id for task_id, _ in stored] == ["task-0", "task-1", "task-2"]
+    for task_id, usage in stored:
+        served = json.loads(usage)
+        assert served["task_id"] == task_id and "email" not in served
+        assert served["neo_credits"] == 1.5 and served["llm_cost"] == 1.5
+        assert served["neo_cost"] is None
+        assert served["created_at"] == "2026-03-01T10:00:00Z"
+        assert served["avg_step_latency_ms"] == 250
+        assert served["total_tokens"] == 1200
+        assert [
+            (h["index"], h["tool_name"], h["duration_ms"]) for h in served["tool_call_history"]
+        ] == [
+            (0, "nuclei", 1500),
+            (1, "nuclei", 700),
+        ]

@@ -33,7 +33,7 @@ from taskmeter.store.tables import (
     Team,
     User,
 )
-from taskmeter.usage.figures import figures_from_json, stream_execution_ms, stream_model
+from taskmeter.usage.figures import stream_execution_ms, stream_model
 from taskmeter.usage.rollups import rebuild_coarse_tiers
 from tests.events import StreamEvents
 from tests.factories import Factory, Person
@@ -201,8 +201,11 @@ def naive_summary(
                 periods[period_of(stream.created_at, zone, group_by).isoformat()][0] += (
                     stream.neo_credits_nano
                 )
-        for row in db.scalars(select(Task.row).where(Task.scope == scope)):
-            figures = figures_from_json(row)
+        key_columns = ("created_at", "status", "model", "owner_user_id", "is_byok")
+        for values in db.execute(
+            select(*(getattr(Task, name) for name in key_columns)).where(Task.scope == scope)
+        ):
+            figures = dict(zip(key_columns, values, strict=True))
             if not inside(figures["created_at"]):
                 continue
             totals["tasks"] += 1

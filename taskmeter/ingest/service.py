@@ -36,12 +36,16 @@ from taskmeter.store import Store
 from taskmeter.store.tables import Membership, Stream, Task, UsageEvent, User
 from taskmeter.timeutil import utc_now
 from taskmeter.usage.figures import (
-    figures_from_json,
     stream_figures,
     task_figures,
     task_row_values,
 )
-from taskmeter.usage.rollups import RollupDeltas, stream_contribution, task_contribution
+from taskmeter.usage.rollups import (
+    TASK_KEY_COLUMNS,
+    RollupDeltas,
+    stream_contribution,
+    task_contribution,
+)
 
 __all__ = ["IngestResult", "Ingestor", "append_events", "project_tasks"]
 
@@ -415,11 +419,11 @@ def project_tasks(
     task_ids = sorted({task_id for _, task_id in ordered})
     # Scopes and task ids are matched separately (both stores, one plan), then paired here.
     old = {
-        (scope, task_id): figures_from_json(row)
-        for scope, task_id, row in db.execute(
-            select(Task.scope, Task.task_id, Task.row).where(
-                Task.scope.in_(scopes), Task.task_id.in_(task_ids)
-            )
+        (scope, task_id): dict(zip(TASK_KEY_COLUMNS, values, strict=True))
+        for scope, task_id, *values in db.execute(
+            select(
+                Task.scope, Task.task_id, *(getattr(Task, name) for name in TASK_KEY_COLUMNS)
+            ).where(Task.scope.in_(scopes), Task.task_id.in_(task_ids))
         )
         if (scope, task_id) in keys
     }

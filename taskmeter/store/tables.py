@@ -271,7 +271,9 @@ class Task(Base):
     is_byok: Mapped[bool] = mapped_column(Boolean, default=False)
     stream_count: Mapped[int] = mapped_column(Integer)
     base_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    row: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
+    # The TaskUsage JSON served for this task (figures.render_task_usage), kept as text so a
+    # page is the stored documents put side by side.
+    usage: Mapped[str] = mapped_column(Text)
 
 
 class _StreamFigures:

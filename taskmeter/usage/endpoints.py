@@ -5,6 +5,7 @@ request ─▶ principal ─▶ scope (403 for members/viewers) ─▶ repositor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,7 +43,7 @@ def _admin_only_email(scope: Scope, filters: UsageFilters) -> None:
         raise Forbidden("the email filter is for team admins")
 
 
-def _list_page(rows: list[dict[str, Any]], total: int, offset: int) -> JSONBody:
+def _list_page(rows: Sequence[Any], total: int, offset: int) -> JSONBody:
     return JSONBody({"data": rows, "total": total, "has_more": offset + len(rows) < total})
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from taskmeter import jsonio
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.tables import Stream
 from taskmeter.timeutil import parse_instant
@@ -19,6 +20,7 @@ from taskmeter.timeutil import parse_instant
 __all__ = [
     "SUMMED",
     "byok_charge_nano",
+    "render_task_usage",
     "rounded_mean",
     "stream_execution_ms",
     "stream_figures",
@@ -26,6 +28,7 @@ __all__ = [
     "task_figures",
     "task_row_values",
     "to_task_usage",
+    "with_email",
 ]
 
 SUMMED = (
@@ -163,14 +166,6 @@ def task_figures(streams: list[dict[str, Any]]) -> dict[str, Any]:
     return figures
 
 
-def figures_to_json(figures: dict[str, Any]) -> dict[str, Any]:
-    """Figures as storable JSON (times as ISO strings)."""
-    out = dict(figures)
-    for key in ("created_at", "finished_at"):
-        out[key] = figures[key].isoformat()
-    return out
-
-
 TASK_COLUMNS = (
     "owner_user_id", "created_at", "finished_at", "status", "error_message", "model",
     "task_title", "is_byok", "stream_count", "base_nano",
@@ -179,7 +174,24 @@ TASK_COLUMNS = (
 
 def task_row_values(figures: dict[str, Any]) -> dict[str, Any]:
     """A task row's columns (besides its key) from the task's figures."""
-    return {**{name: figures[name] for name in TASK_COLUMNS}, "row": figures_to_json(figures)}
+    return {**{name: figures[name] for name in TASK_COLUMNS}, "usage": render_task_usage(figures)}
+
+
+def render_task_usage(figures: dict[str, Any]) -> str:
+    """The task's `TaskUsage` JSON as the API serves it, but for the team admin's `email`.
+
+    Rendered once, when the task row is written, and served as stored: decoding a stored
+    form, converting it and encoding the answer were half of a task page's time (a task's
+    tool-call history runs to hundreds of entries; bench/RESULTS.md).
+    """
+    return jsonio.dumps(to_task_usage(figures, as_task=True))
+
+
+def with_email(usage: str, email: str | None) -> str:
+    """A rendered `TaskUsage` with the owner's email, as team admins see it."""
+    if email is None:
+        return usage
+    return '{"email":' + jsonio.dumps(email) + "," + usage[1:]
 
 
 def figures_from_json(stored: dict[str, Any]) -> dict[str, Any]:

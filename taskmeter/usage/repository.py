@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from taskmeter.identity.principal import Scope
 from taskmeter.store.tables import ScopeTotal, Stream, Task, User
-from taskmeter.usage.figures import figures_from_json, stream_figures, to_task_usage
+from taskmeter.usage.figures import stream_figures, to_task_usage, with_email
 from taskmeter.usage.params import Page, UsageFilters
 
 __all__ = ["get_task", "list_streams", "list_tasks", "owner_id_for_email"]
@@ -136,7 +137,8 @@ def _task_conditions(
 
 def list_tasks(
     db: Session, scope: Scope, f: UsageFilters, page: Page
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[orjson.Fragment], int]:
+    """A page of `TaskUsage` rows, already JSON (each task's stored rendering)."""
     conditions = None if f.matches_nothing else _task_conditions(db, scope, f)
     if conditions is None:
         return [], 0
@@ -146,30 +148,28 @@ def list_tasks(
     order: list[ColumnElement[Any]] = [Task.created_at.desc(), Task.task_id.desc()]
     if page.sort == "cost":
         order.insert(0, Task.base_nano.desc())
-    query = (
-        select(Task.row, User.email)
-        .outerjoin(User, User.id == Task.owner_user_id)
-        .where(*conditions)
-        .order_by(*order)
-    )
-    rows = [
-        to_task_usage(
-            figures_from_json(row), as_task=True, email=email if scope.is_team_admin else None
+    if scope.is_team_admin:
+        with_owner = (
+            select(Task.usage, User.email)
+            .outerjoin(User, User.id == Task.owner_user_id)
+            .where(*conditions)
+            .order_by(*order)
         )
-        for row, email in db.execute(_page(query, page))
-    ]
-    return rows, total
+        found = [with_email(usage, email) for usage, email in db.execute(_page(with_owner, page))]
+    else:
+        query = select(Task.usage).where(*conditions).order_by(*order)
+        found = list(db.scalars(_page(query, page)))
+    return [orjson.Fragment(usage) for usage in found], total
 
 
-def get_task(db: Session, scope: Scope, task_id: str) -> dict[str, Any] | None:
+def get_task(db: Session, scope: Scope, task_id: str) -> orjson.Fragment | None:
+    """The task's `TaskUsage`, already JSON (the stored rendering)."""
     found = db.execute(
-        select(Task.row, User.email)
+        select(Task.usage, User.email)
         .outerjoin(User, User.id == Task.owner_user_id)
         .where(Task.scope == scope.key, Task.task_id == task_id)
     ).first()
     if found is None:
         return None
-    row, email = found
-    return to_task_usage(
-        figures_from_json(row), as_task=True, email=email if scope.is_team_admin else None
-    )
+    usage, email = found
+    return orjson.Fragment(with_email(usage, email if scope.is_team_admin else None))

@@ -37,6 +37,7 @@ from taskmeter.usage.figures import stream_execution_ms, stream_model
 __all__ = [
     "BUCKET_S",
     "STREAM_VALUES",
+    "TASK_KEY_COLUMNS",
     "Contribution",
     "RollupDeltas",
     "bucket_of",
@@ -124,6 +125,10 @@ def stream_contribution(stream: Stream) -> Contribution | None:
         stream_execution_ms(stream) if finished else 0,
     )
     return key, values
+
+
+# The task row columns `task_contribution` reads.
+TASK_KEY_COLUMNS = ("created_at", "owner_user_id", "model", "status", "is_byok")
 
 
 def task_contribution(scope: str, figures: dict[str, Any] | None) -> Contribution | None:

@@ -41,12 +41,12 @@ from taskmeter.store.tables import (
     User,
 )
 from taskmeter.timeutil import utc_now
-from taskmeter.usage.figures import figures_from_json
 from taskmeter.usage.params import SummaryQuery, Window
 from taskmeter.usage.rollups import (
     BUCKET_S,
     HOUR_BUCKETS,
     STREAM_VALUES,
+    TASK_KEY_COLUMNS,
     hour_of,
     month_of,
     stream_contribution,
@@ -342,12 +342,12 @@ class _Summary:
             if self.query.group_by is not None:
                 assert stream.created_at is not None
                 self.totals.periods[self._period_of(stream.created_at)][0] += values[1]
-        for row in self.db.scalars(
-            select(Task.row).where(
+        for values in self.db.execute(
+            select(*(getattr(Task, name) for name in TASK_KEY_COLUMNS)).where(
                 Task.scope == self.scope.key, Task.created_at >= start, Task.created_at < end
             )
         ):
-            figures = figures_from_json(row)
+            figures = dict(zip(TASK_KEY_COLUMNS, values, strict=True))
             item = task_contribution(self.scope.key, figures)
             assert item is not None
             (_, _, owner, model, status, is_byok), _ = item
