@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, tuple_
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -131,13 +131,18 @@ def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> set[tuple[
             ),
             {"sids": [s for s, _ in pairs], "eids": [e for _, e in pairs]},
         )
-    else:
-        rows = db.execute(
-            select(UsageEvent.stream_id, UsageEvent.event_id).where(
-                tuple_(UsageEvent.stream_id, UsageEvent.event_id).in_(pairs)
-            )
-        )
-    return {(sid, eid) for sid, eid in rows}
+        return {(sid, eid) for sid, eid in rows}
+    # SQLite scans the whole table for `(a, b) IN (VALUES …)`; joined from a VALUES list with
+    # CROSS JOIN (SQLite keeps that order), it searches the unique index once a pair.
+    # Stream ids are stored as 32 hex digits (SQLAlchemy's Uuid without a native type).
+    values = ", ".join(["(?, ?)"] * len(pairs))
+    found = db.connection().exec_driver_sql(
+        f"WITH k(stream_id, event_id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+        "SELECT e.stream_id, e.event_id FROM k CROSS JOIN usage_events e "
+        "WHERE e.stream_id = k.stream_id AND e.event_id = k.event_id",
+        tuple(value for sid, eid in pairs for value in (sid.hex, eid)),
+    )
+    return {(uuid.UUID(hex=sid), eid) for sid, eid in found}
 
 
 def _insert(db: Session) -> Any:
