@@ -25,7 +25,9 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-__all__ = ["listening_socket", "main", "supervise"]
+__all__ = ["LOG_FORMAT", "listening_socket", "main", "supervise"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 log = logging.getLogger("taskmeter.workers")
 
@@ -33,12 +35,17 @@ STOP_GRACE_S = 30.0  # uvicorn's own grace for in-flight requests is shorter; th
 RESTART_PAUSE_S = 1.0  # a worker that dies at once must not spin the supervisor
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def _bound(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    return sock
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    sock = _bound(host, port)
     sock.listen(2048)
     return sock
 
@@ -47,9 +54,7 @@ def serve_worker(host: str, port: int, log_level: str) -> None:
     """One worker: the app from the environment's settings, on its own reuse-port socket."""
     import uvicorn
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     config = uvicorn.Config(
         "taskmeter.app:create_app",
         factory=True,
@@ -63,12 +68,8 @@ def serve_worker(host: str, port: int, log_level: str) -> None:
 def supervise(workers: int, host: str, port: int, log_level: str) -> int:
     # The port is checked (and kept from anyone without SO_REUSEPORT as this user) by a
     # socket bound but never listening: the kernel hands connections only to listeners.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    guard = socket.socket(family, socket.SOCK_STREAM)
-    guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        guard.bind((host, port))
+        guard = _bound(host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 1
@@ -115,9 +116,7 @@ def supervise(workers: int, host: str, port: int, log_level: str) -> int:
 
 def main(argv: list[str]) -> int:
     workers, host, port, log_level = int(argv[0]), argv[1], int(argv[2]), argv[3]
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     return supervise(workers, host, port, log_level)
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from taskmeter import jsonio
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.tables import Stream
-from taskmeter.timeutil import parse_instant
 
 __all__ = [
     "SUMMED",
@@ -192,13 +191,6 @@ def with_email(usage: str, email: str | None) -> str:
     if email is None:
         return usage
     return '{"email":' + jsonio.dumps(email) + "," + usage[1:]
-
-
-def figures_from_json(stored: dict[str, Any]) -> dict[str, Any]:
-    out = dict(stored)
-    for key in ("created_at", "finished_at"):
-        out[key] = parse_instant(stored[key])
-    return out
 
 
 def _iso(moment: datetime) -> str:

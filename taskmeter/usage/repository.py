@@ -148,18 +148,17 @@ def list_tasks(
     order: list[ColumnElement[Any]] = [Task.created_at.desc(), Task.task_id.desc()]
     if page.sort == "cost":
         order.insert(0, Task.base_nano.desc())
-    if scope.is_team_admin:
-        with_owner = (
-            select(Task.usage, User.email)
-            .outerjoin(User, User.id == Task.owner_user_id)
-            .where(*conditions)
-            .order_by(*order)
-        )
-        found = [with_email(usage, email) for usage, email in db.execute(_page(with_owner, page))]
-    else:
-        query = select(Task.usage).where(*conditions).order_by(*order)
-        found = list(db.scalars(_page(query, page)))
-    return [orjson.Fragment(usage) for usage in found], total
+    query = (
+        select(Task.usage, User.email)
+        .outerjoin(User, User.id == Task.owner_user_id)
+        .where(*conditions)
+        .order_by(*order)
+    )
+    rows = [
+        orjson.Fragment(with_email(usage, email if scope.is_team_admin else None))
+        for usage, email in db.execute(_page(query, page))
+    ]
+    return rows, total
 
 
 def get_task(db: Session, scope: Scope, task_id: str) -> orjson.Fragment | None:

@@ -11,12 +11,14 @@ here from their figures, in pages.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
 import taskmeter.store.types
-from taskmeter.usage.figures import figures_from_json, render_task_usage
+from taskmeter.timeutil import parse_instant
+from taskmeter.usage.figures import render_task_usage
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -24,6 +26,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 PAGE = 2000
+
+
+def _stored_figures(row: dict[str, Any]) -> dict[str, Any]:
+    """A task's figures as 0004 stored them (times as ISO strings)."""
+    return {**row, **{key: parse_instant(row[key]) for key in ("created_at", "finished_at")}}
 
 
 def upgrade() -> None:
@@ -53,7 +60,7 @@ def upgrade() -> None:
         bind.execute(
             fill,
             [
-                {"s": scope, "t": task_id, "u": render_task_usage(figures_from_json(row))}
+                {"s": scope, "t": task_id, "u": render_task_usage(_stored_figures(row))}
                 for scope, task_id, row in page
             ],
         )
