@@ -25,6 +25,15 @@ def parse_instant(value: str | int | float) -> datetime:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("not a finite number of milliseconds")
         return datetime.fromtimestamp(value / 1000, tz=UTC)
+    try:
+        # The common case in one call: Python 3.11 reads `Z`, offsets and bare dates itself.
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
     text = value.strip()
     if _BARE_DATE.match(text):
         return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)

@@ -9,7 +9,6 @@ latest `stream.finished` by (time, id), a real finish always beating the sweeper
 from __future__ import annotations
 
 import bisect
-import copy
 from decimal import Decimal
 
 from taskmeter.ingest.schemas import (
@@ -21,22 +20,14 @@ from taskmeter.ingest.schemas import (
     StreamStarted,
     ToolCall,
 )
-from taskmeter.store.tables import Stream
+from taskmeter.store.tables import AnyStream
 from taskmeter.timeutil import to_unix_ms
 from taskmeter.usage.figures import byok_charge_nano, stream_model
 
-__all__ = ["apply_event", "open_for_update", "refresh_derived"]
+__all__ = ["apply_event", "refresh_derived"]
 
 
-def open_for_update(stream: Stream) -> None:
-    """Give the row private copies of its JSON values, so in-place edits are seen and saved."""
-    stream.tool_breakdown = copy.deepcopy(stream.tool_breakdown or {})
-    stream.tool_history = [list(entry) for entry in stream.tool_history or []]
-    stream.agent_breakdown = dict(stream.agent_breakdown or {})
-    stream.model_calls = dict(stream.model_calls or {})
-
-
-def apply_event(stream: Stream, event: Event, cost_nano: int | None) -> None:
+def apply_event(stream: AnyStream, event: Event, cost_nano: int | None) -> None:
     if stream.first_event_at is None or event.time < stream.first_event_at:
         stream.first_event_at = event.time
     if stream.last_event_at is None or event.time > stream.last_event_at:
@@ -96,7 +87,7 @@ def apply_event(stream: Stream, event: Event, cost_nano: int | None) -> None:
             stream.swept = False
 
 
-def refresh_derived(stream: Stream, default_rate: Decimal) -> None:
+def refresh_derived(stream: AnyStream, default_rate: Decimal) -> None:
     """Fields derived from the rest: the model, and what the platform charges (the base
     amount, or for BYOK the base × neo_cost_rate)."""
     stream.model = stream_model(stream)

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -29,11 +29,20 @@ from sqlalchemy.orm import Session
 from taskmeter import jsonio
 from taskmeter.identity.principal import Principal, scope_key
 from taskmeter.identity.service import IdentityError, normalise_email
-from taskmeter.ingest.projection import apply_event, open_for_update, refresh_derived
+from taskmeter.ingest.projection import apply_event, refresh_derived
 from taskmeter.ingest.schemas import Event, LlmCall, Rejection, StreamStarted, parse_event
 from taskmeter.pricing.prices import CallTokens, PriceBook, usd_to_nano_credits
 from taskmeter.store import Store
-from taskmeter.store.tables import Membership, Stream, Task, UsageEvent, User
+from taskmeter.store.tables import (
+    STREAM_COLUMNS,
+    AnyStream,
+    Membership,
+    Stream,
+    StreamRow,
+    Task,
+    UsageEvent,
+    User,
+)
 from taskmeter.timeutil import utc_now
 from taskmeter.usage.figures import (
     stream_figures,
@@ -47,7 +56,12 @@ from taskmeter.usage.rollups import (
     task_contribution,
 )
 
-__all__ = ["IngestResult", "Ingestor", "append_events", "project_tasks"]
+__all__ = ["IngestResult", "Ingestor", "append_events", "project_tasks", "write_streams"]
+
+STREAMS = cast(Table, Stream.__table__)
+# Every column a stream row's projection may change: all but its key.
+_STREAM_WRITTEN = tuple(name for name in STREAM_COLUMNS if name != "stream_id")
+_STREAM_UPDATE = STREAMS.update().where(STREAMS.c.stream_id == bindparam("key"))
 
 # Core inserts skip the ORM's Python-side defaults; these are the placeholder's.
 STREAM_DEFAULTS: dict[str, Any] = {
@@ -240,19 +254,27 @@ class Ingestor:
         )
         ids = sorted(first_task)
         streams = {
-            s.stream_id: s
-            for s in db.scalars(
-                select(Stream)
-                .where(Stream.stream_id.in_(ids))
-                .order_by(Stream.stream_id)
-                .with_for_update()
+            row.stream_id: row
+            for row in map(
+                StreamRow,
+                db.execute(
+                    select(STREAMS)
+                    .where(STREAMS.c.stream_id.in_(ids))
+                    .order_by(STREAMS.c.stream_id)
+                    .with_for_update()
+                ),
             )
         }
-        stored = _stored_pairs(db, sorted({(e.stream_id, e.id) for _, e in events}))
+        # A stream that has never accepted an event (new, or only rejections so far) holds
+        # none: events land only beside their stream's row, under its lock, and the first one
+        # sets first_event_at. Only the others are probed (an OTLP export's traces are
+        # usually all new).
+        probed = sorted(
+            {(e.stream_id, e.id) for _, e in events if streams[e.stream_id].first_event_at}
+        )
+        stored = _stored_pairs(db, probed) if probed else set()
         rollups = RollupDeltas()
         before = {sid: stream_contribution(s) for sid, s in streams.items()}
-        for stream in streams.values():
-            open_for_update(stream)
 
         rows: list[dict[str, Any]] = []
         for index, event in events:
@@ -278,7 +300,7 @@ class Ingestor:
         for sid in touched:
             refresh_derived(streams[sid], self.default_rate)
             rollups.stream_changed(before[sid], stream_contribution(streams[sid]))
-        db.flush()
+        write_streams(db, [streams[sid] for sid in sorted(touched)])
         project_tasks(
             db,
             {
@@ -292,7 +314,7 @@ class Ingestor:
         rollups.write(db)
 
     def _check(
-        self, principal: Principal, stream: Stream, event: Event, owners: dict[str, Owner]
+        self, principal: Principal, stream: StreamRow, event: Event, owners: dict[str, Owner]
     ) -> None:
         if stream.first_event_at is None:
             # Nothing accepted yet: the stream is still unclaimed by any task.
@@ -351,7 +373,8 @@ def _event_row(event: Event, cost_nano: int | None, now: datetime) -> dict[str, 
         "task_id": event.task_id,
         "type": event.type,
         "time": event.time,
-        "model": getattr(event, "model", None),
+        # Not getattr: pydantic answers a missing attribute by raising, slowly.
+        "model": event.__dict__.get("model"),
         "payload": payload,
         "cost_nano": cost_nano,
         "received_at": now,
@@ -392,15 +415,27 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
             )
 
 
+def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:
+    """Save projected stream rows whole: one prepared UPDATE, executed for each row."""
+    if rows:
+        db.execute(
+            _STREAM_UPDATE,
+            [
+                {"key": row.stream_id, **{name: getattr(row, name) for name in _STREAM_WRITTEN}}
+                for row in rows
+            ],
+        )
+
+
 def project_tasks(
     db: Session,
     keys: set[tuple[str, str]],
     rollups: RollupDeltas,
-    loaded: Iterable[Stream] = (),
+    loaded: Iterable[AnyStream] = (),
 ) -> None:
     """Recompute the task rows for (scope, task_id) from their visible streams.
 
-    `loaded` are streams the session holds already, flushed: they are not read again (an
+    `loaded` are streams this transaction holds already, saved: they are not read again (an
     ingest batch's own streams were a second full read of the same rows).
 
     Two transactions finishing different streams of one task must not both compute from a
@@ -432,17 +467,17 @@ def project_tasks(
         )
         if (scope, task_id) in keys
     }
-    visible: dict[tuple[str, str], list[Stream]] = {key: [] for key in ordered}
+    visible: dict[tuple[str, str], list[AnyStream]] = {key: [] for key in ordered}
     held = {s.stream_id: s for s in loaded}
-    query = select(Stream).where(
-        Stream.scope.in_(scopes),
-        Stream.task_id.in_(task_ids),
-        Stream.status.is_not(None),
-        Stream.started.is_(True),
+    query = select(STREAMS).where(
+        STREAMS.c.scope.in_(scopes),
+        STREAMS.c.task_id.in_(task_ids),
+        STREAMS.c.status.is_not(None),
+        STREAMS.c.started.is_(True),
     )
     if held:
-        query = query.where(Stream.stream_id.not_in(sorted(held)))
-    others = list(db.scalars(query))
+        query = query.where(STREAMS.c.stream_id.not_in(sorted(held)))
+    others = list(map(StreamRow, db.execute(query)))
     held_visible = (s for s in held.values() if s.status is not None and s.started)
     for stream in sorted([*others, *held_visible], key=lambda s: s.stream_id):
         key = (stream.scope, stream.task_id)

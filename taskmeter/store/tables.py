@@ -11,9 +11,10 @@ stream gets its scope when it starts; readers see it once it has a status (finis
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,7 +35,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
 
 __all__ = [
+    "STREAM_COLUMNS",
     "STREAM_FIGURES",
+    "AnyStream",
     "ApiKey",
     "Base",
     "CreditGrant",
@@ -45,6 +48,7 @@ __all__ = [
     "Stream",
     "StreamRollup",
     "StreamRollupMonth",
+    "StreamRow",
     "Task",
     "TaskRollup",
     "TaskRollupMonth",
@@ -247,6 +251,34 @@ class Stream(Base):
     last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     swept: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+STREAM_COLUMNS: tuple[str, ...] = tuple(Stream.__table__.columns.keys())
+
+
+class StreamRow:
+    """A `streams` row as plain attributes, read and written with Core statements.
+
+    Ingestion sets about ten attributes an event; on ORM instances every set is tracked and
+    the flush diffs them all, which had cost a fifth of an ingest batch. Same attribute names
+    as `Stream`, so the projection and figures code reads either.
+    """
+
+    __slots__ = STREAM_COLUMNS
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+    def __init__(self, values: Iterable[Any]) -> None:
+        for name, value in zip(STREAM_COLUMNS, values, strict=True):
+            setattr(self, name, value)
+
+
+# What the projection and figures code reads: an ORM instance or a plain row.
+AnyStream = Stream | StreamRow
 
 
 class Task(Base):

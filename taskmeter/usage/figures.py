@@ -14,7 +14,7 @@ from typing import Any
 
 from taskmeter import jsonio
 from taskmeter.pricing.credits import credits_from_nano
-from taskmeter.store.tables import Stream
+from taskmeter.store.tables import AnyStream
 
 __all__ = [
     "SUMMED",
@@ -62,7 +62,7 @@ def byok_charge_nano(base_nano: int, rate: Decimal) -> int:
     return int((base_nano * rate).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def stream_model(stream: Stream) -> str:
+def stream_model(stream: AnyStream) -> str:
     if stream.declared_model:
         return stream.declared_model
     if stream.model_calls:
@@ -75,7 +75,7 @@ def _ms_between(start: datetime, end: datetime) -> int:
     return max(0, round((end - start).total_seconds() * 1000))
 
 
-def stream_execution_ms(stream: Stream) -> int:
+def stream_execution_ms(stream: AnyStream) -> int:
     """The stated execution time, else finish − start (for a swept stream, its last event)."""
     if stream.stated_execution_ms is not None:
         return stream.stated_execution_ms
@@ -83,7 +83,7 @@ def stream_execution_ms(stream: Stream) -> int:
     return _ms_between(stream.created_at, stream.finished_at)
 
 
-def stream_figures(stream: Stream) -> dict[str, Any]:
+def stream_figures(stream: AnyStream) -> dict[str, Any]:
     """The figures of one visible (started, finished) stream."""
     assert stream.created_at is not None and stream.finished_at is not None
     execution = stream_execution_ms(stream)

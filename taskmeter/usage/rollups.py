@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 
 from taskmeter.store.tables import (
     STREAM_FIGURES,
+    AnyStream,
     OwnerMonth,
     ScopeHour,
     ScopeTotal,
-    Stream,
     StreamRollup,
     StreamRollupMonth,
     TaskRollup,
@@ -100,7 +100,7 @@ def _monthly(key: tuple[Any, ...], bucket_at: int, owner_at: int, month: int) ->
     return tuple(month if i == bucket_at else value for i, value in enumerate(key) if i != owner_at)
 
 
-def stream_contribution(stream: Stream) -> Contribution | None:
+def stream_contribution(stream: AnyStream) -> Contribution | None:
     """What a started stream adds to the stream rollups (None before it has an owner)."""
     if stream.scope is None or stream.created_at is None or stream.owner_user_id is None:
         return None
@@ -245,13 +245,21 @@ def _upsert(
     ]
     if not rows:
         return
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    db.execute(_upsert_statement(db.get_bind().dialect.name, table, key_names, value_names), rows)
+
+
+@functools.cache
+def _upsert_statement(
+    dialect: str, table: Table, key_names: tuple[str, ...], value_names: tuple[str, ...]
+) -> Any:
+    """The tier's `INSERT … ON CONFLICT DO UPDATE SET v = v + excluded.v`, built once: building
+    it (its `excluded` alias above all) cost more than executing it."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(table)
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=list(key_names),
         set_={name: table.c[name] + statement.excluded[name] for name in value_names},
     )
-    db.execute(statement, rows)
 
 
 def _month_sql(postgres: bool) -> str:
