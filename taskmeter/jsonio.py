@@ -13,11 +13,16 @@ from typing import Any
 import orjson
 from fastapi.responses import JSONResponse
 
-__all__ = ["JSONBody", "dumps", "loads"]
+__all__ = ["JSONBody", "dump_bytes", "dumps", "loads"]
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 loads = orjson.loads
+
+
+def dump_bytes(value: Any) -> bytes:
+    """A JSON document as UTF-8 bytes (what psycopg sends for a jsonb value)."""
+    return orjson.dumps(value, option=_OPTIONS)
 
 
 def dumps(value: Any) -> str:
