@@ -13,9 +13,8 @@ batch latency and the server's peak RSS.
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import os
-import queue
 import random
 import statistics
 import subprocess
@@ -23,11 +22,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from common import (
     AGENTS,
     MODELS,
@@ -100,24 +101,17 @@ def stream_events(rng: random.Random, user: str, start: datetime) -> list[dict[s
     return events
 
 
-def batches(
-    seed: int, user: str, size: int, out: queue.Queue[bytes | None], stop: threading.Event
-) -> None:
+def bodies(seed: int, user: str, size: int) -> Iterator[bytes]:
+    """Request bodies of `size` events, the streams of one agent worker in order, forever."""
     rng = random.Random(seed)
     pending: list[dict[str, Any]] = []
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    while not stop.is_set():
+    while True:
         while len(pending) < size:
             start += timedelta(seconds=rng.randint(1, 600))
             pending.extend(stream_events(rng, user, start))
-        body = json.dumps({"events": pending[:size]}).encode()
+        yield orjson.dumps({"events": pending[:size]})
         pending = pending[size:]
-        while not stop.is_set():
-            try:
-                out.put(body, timeout=0.2)
-                break
-            except queue.Full:
-                continue
 
 
 def main() -> None:
@@ -127,6 +121,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--prepare",
+        type=float,
+        default=60_000,
+        help="events/s to prepare bodies for before the clock starts (more are made on the fly)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="taskmeter-bench-"))
@@ -149,17 +149,17 @@ def main() -> None:
     key = run("keys", "create", "--service", "bench")
     server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(args.workers))
     try:
-        # One producer per connection, like one agent worker per connection: a stream's
+        # One body source per connection, like one agent worker per connection: a stream's
         # events are batched by the client that runs it, and its batches arrive in order.
-        # (One producer shared by all connections would split nearly every stream across two
-        # batches in flight at once, and those serialize on the stream's row lock.)
-        stop = threading.Event()
-        works: list[queue.Queue[bytes | None]] = []
-        for n in range(args.concurrency):
-            works.append(queue.Queue(maxsize=4))
-            threading.Thread(
-                target=batches, args=(1 + n, user, args.batch, works[n], stop), daemon=True
-            ).start()
+        # (One source shared by all connections would split nearly every stream across two
+        # batches in flight at once, and those serialize on the stream's row lock.) The
+        # bodies are made before the clock starts, so that making them does not take CPU from
+        # the server on this shared machine; any needed beyond those are made on the fly.
+        per_connection = int(args.prepare * args.seconds / args.batch / args.concurrency) + 1
+        sources = [bodies(1 + n, user, args.batch) for n in range(args.concurrency)]
+        prepared = [list(itertools.islice(source, per_connection)) for source in sources]
+        print(f"prepared {per_connection * args.concurrency} bodies of {args.batch} events")
+        made_late = [0]
         latencies: list[float] = []
         accepted = [0]
         failures = [0]
@@ -167,14 +167,19 @@ def main() -> None:
         lock = threading.Lock()
         deadline = time.monotonic() + args.seconds
 
-        def worker(work: queue.Queue[bytes | None]) -> None:
+        def worker(ready: list[bytes], source: Iterator[bytes]) -> None:
+            ready.reverse()
             with httpx.Client(
                 base_url=base,
                 headers={"X-Api-Key": key, "content-type": "application/json"},
                 timeout=120,
             ) as client:
                 while time.monotonic() < deadline:
-                    body = work.get()
+                    if ready:
+                        body = ready.pop()
+                    else:
+                        body = next(source)
+                        made_late[0] += 1
                     t0 = time.perf_counter()
                     answer = client.post("/api/v1/usage/events", content=body)
                     elapsed = time.perf_counter() - t0
@@ -186,14 +191,16 @@ def main() -> None:
                             failures[0] += 1
 
         started = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(work,)) for work in works]
+        threads = [
+            threading.Thread(target=worker, args=(ready, source))
+            for ready, source in zip(prepared, sources, strict=True)
+        ]
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads):
             peak_rss[0] = max(peak_rss[0], rss_mib(server.pid))
             time.sleep(0.5)
         wall = time.monotonic() - started
-        stop.set()
         latencies.sort()
 
         def p(q: float) -> float:
@@ -204,6 +211,8 @@ def main() -> None:
             f"batch={args.batch} workers={args.workers}"
         )
         print(f"events accepted: {accepted[0]}  batches: {len(latencies)}  failed: {failures[0]}")
+        if made_late[0]:
+            print(f"bodies made during the run (raise --prepare): {made_late[0]}")
         print(f"sustained: {accepted[0] / wall:,.0f} events/s")
         if latencies:
             print(

@@ -13,6 +13,7 @@ batch touching the same stream waits, then sees what this one committed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -160,6 +161,24 @@ def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> set[tuple[
     return {(uuid.UUID(hex=sid), eid) for sid, eid in found}
 
 
+# One primary-key probe a stream, locked in the order given (sorted: no two batches wait on
+# each other in a cycle). `stream_id IN (…)` was planned once as a sequential scan while the
+# table was small, and psycopg's prepared statement kept that plan as the table grew.
+_PG_LOCK_STREAMS = text(
+    f"SELECT {', '.join(f's.{n}' for n in STREAM_COLUMNS)} "  # noqa: S608 - column names
+    "FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS k(stream_id, n) CROSS JOIN LATERAL "
+    "(SELECT * FROM streams WHERE stream_id = k.stream_id LIMIT 1 FOR UPDATE) AS s ORDER BY k.n"
+).columns(*STREAMS.c)
+
+
+def _lock_streams(db: Session, ids: list[uuid.UUID]) -> Any:
+    """The rows of these streams (sorted ids), locked until the transaction ends."""
+    if db.get_bind().dialect.name == "postgresql":
+        return db.execute(_PG_LOCK_STREAMS, {"ids": ids})
+    # SQLite's write lock is the whole database's, taken when the transaction began.
+    return db.execute(select(STREAMS).where(STREAMS.c.stream_id.in_(ids)))
+
+
 def _insert(db: Session) -> Any:
     return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
 
@@ -254,18 +273,7 @@ class Ingestor:
             ],
         )
         ids = sorted(first_task)
-        streams = {
-            row.stream_id: row
-            for row in map(
-                StreamRow,
-                db.execute(
-                    select(STREAMS)
-                    .where(STREAMS.c.stream_id.in_(ids))
-                    .order_by(STREAMS.c.stream_id)
-                    .with_for_update()
-                ),
-            )
-        }
+        streams = {row.stream_id: row for row in map(StreamRow, _lock_streams(db, ids))}
         # A stream that has never accepted an event (new, or only rejections so far) holds
         # none: events land only beside their stream's row, under its lock, and the first one
         # sets first_event_at. Only the others are probed (an OTLP export's traces are
@@ -438,6 +446,32 @@ def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:
         )
 
 
+TASKS = cast(Table, Task.__table__)
+# On PostgreSQL a batch's (scope, task id) pairs are read one index probe each. Matched as two
+# lists instead, the planner, while a fresh table had not been analyzed yet, searched by scope
+# alone and read every task and finished stream of the scope for each batch (a whole team's;
+# in the OTLP benchmark, every row: most of a batch's time). OFFSET 0 keeps each subquery a
+# probe of its own (else the planner may flatten the join into a hash join over the table).
+# Without statistics every index led by `scope` looks as good as (scope, task_id), so the
+# streams' status is tested outside the probe (inside, it matched the list indexes' partial
+# predicate) and the probe asks for task_id order, which only (scope, task_id) gives.
+_PAIRS = (
+    "unnest(CAST(:scopes AS text[]), CAST(:task_ids AS text[])) AS k(scope, task_id) "
+    "CROSS JOIN LATERAL"
+)
+_TASK_KEYS = ", ".join(f"t.{name}" for name in TASK_KEY_COLUMNS)
+_PG_TASK_KEYS = text(
+    f"SELECT t.scope, t.task_id, {_TASK_KEYS} FROM {_PAIRS} (SELECT * FROM tasks "  # noqa: S608 - column names
+    "WHERE scope = k.scope AND task_id = k.task_id OFFSET 0) AS t"
+).columns(TASKS.c.scope, TASKS.c.task_id, *(TASKS.c[n] for n in TASK_KEY_COLUMNS))
+_STREAM_VALUES = ", ".join(f"s.{name}" for name in STREAM_COLUMNS)
+_PG_VISIBLE_STREAMS = text(
+    f"SELECT {_STREAM_VALUES} FROM {_PAIRS} (SELECT * FROM streams "  # noqa: S608 - column names
+    "WHERE scope = k.scope AND task_id = k.task_id ORDER BY task_id OFFSET 0) AS s "
+    "WHERE s.status IS NOT NULL AND s.started AND s.stream_id <> ALL(CAST(:held AS uuid[]))"
+).columns(*STREAMS.c)
+
+
 def project_tasks(
     db: Session,
     keys: set[tuple[str, str]],
@@ -466,29 +500,36 @@ def project_tasks(
             ),
             {"keys": [f"task:{scope}:{task_id}" for scope, task_id in ordered]},
         )
-    scopes = sorted({scope for scope, _ in ordered})
-    task_ids = sorted({task_id for _, task_id in ordered})
-    # Scopes and task ids are matched separately (both stores, one plan), then paired here.
-    old = {
-        (scope, task_id): dict(zip(TASK_KEY_COLUMNS, values, strict=True))
-        for scope, task_id, *values in db.execute(
-            select(
-                Task.scope, Task.task_id, *(getattr(Task, name) for name in TASK_KEY_COLUMNS)
-            ).where(Task.scope.in_(scopes), Task.task_id.in_(task_ids))
-        )
-        if (scope, task_id) in keys
-    }
     visible: dict[tuple[str, str], list[AnyStream]] = {key: [] for key in ordered}
     held = {s.stream_id: s for s in loaded}
-    query = select(STREAMS).where(
-        STREAMS.c.scope.in_(scopes),
-        STREAMS.c.task_id.in_(task_ids),
-        STREAMS.c.status.is_not(None),
-        STREAMS.c.started.is_(True),
-    )
-    if held:
-        query = query.where(STREAMS.c.stream_id.not_in(sorted(held)))
-    others = list(map(StreamRow, db.execute(query)))
+    if db.get_bind().dialect.name == "postgresql":
+        pairs = {"scopes": [s for s, _ in ordered], "task_ids": [t for _, t in ordered]}
+        found = db.execute(_PG_TASK_KEYS, pairs)
+        others = list(map(StreamRow, db.execute(_PG_VISIBLE_STREAMS, {**pairs, "held": [*held]})))
+    else:
+        # Scopes and task ids are matched separately (one plan: SQLite searches the primary
+        # key with both lists), then paired here.
+        scopes = sorted({scope for scope, _ in ordered})
+        task_ids = sorted({task_id for _, task_id in ordered})
+        found = db.execute(
+            select(TASKS.c.scope, TASKS.c.task_id, *(TASKS.c[n] for n in TASK_KEY_COLUMNS)).where(
+                TASKS.c.scope.in_(scopes), TASKS.c.task_id.in_(task_ids)
+            )
+        )
+        query = select(STREAMS).where(
+            STREAMS.c.scope.in_(scopes),
+            STREAMS.c.task_id.in_(task_ids),
+            STREAMS.c.status.is_not(None),
+            STREAMS.c.started.is_(True),
+        )
+        if held:
+            query = query.where(STREAMS.c.stream_id.not_in(sorted(held)))
+        others = list(map(StreamRow, db.execute(query)))
+    old = {
+        (scope, task_id): dict(zip(TASK_KEY_COLUMNS, values, strict=True))
+        for scope, task_id, *values in found
+        if (scope, task_id) in keys
+    }
     held_visible = (s for s in held.values() if s.status is not None and s.started)
     for stream in sorted([*others, *held_visible], key=lambda s: s.stream_id):
         key = (stream.scope, stream.task_id)
@@ -507,21 +548,23 @@ def project_tasks(
         figures = task_figures([stream_figures(s) for s in streams])
         rollups.task_changed(before, task_contribution(scope, figures))
         rows.append({"scope": scope, "task_id": task_id, **task_row_values(figures)})
-    tasks = Task.__table__
     if gone:
         db.execute(
-            tasks.delete().where(  # type: ignore[attr-defined]
-                tasks.c.scope == bindparam("s"), tasks.c.task_id == bindparam("t")
+            TASKS.delete().where(
+                TASKS.c.scope == bindparam("s"), TASKS.c.task_id == bindparam("t")
             ),
             gone,
         )
     if rows:
-        insert = _insert(db)(tasks)
-        columns = [name for name in rows[0] if name not in ("scope", "task_id")]
-        db.execute(
-            insert.on_conflict_do_update(
-                index_elements=["scope", "task_id"],
-                set_={name: insert.excluded[name] for name in columns},
-            ),
-            rows,
-        )
+        columns = tuple(name for name in rows[0] if name not in ("scope", "task_id"))
+        db.execute(_task_upsert(db.get_bind().dialect.name, columns), rows)
+
+
+@functools.cache
+def _task_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    """The task rows' upsert, built once (its `excluded` alias cost more than running it)."""
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(TASKS)
+    return insert.on_conflict_do_update(
+        index_elements=["scope", "task_id"],
+        set_={name: insert.excluded[name] for name in columns},
+    )
