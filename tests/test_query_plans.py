@@ -6,6 +6,7 @@ the whole of it)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
+from taskmeter.identity.principal import Principal
 from taskmeter.store import Store
 from tests.events import StreamEvents
 from tests.factories import Factory
@@ -123,3 +125,32 @@ def test_ingest_queries_use_indexes(client: TestClient, factory: Factory, store:
     assert any("usage_events" in s for s, _ in touching), "no stored-duplicates check seen"
     for statement, parameters in touching:
         assert _full_scans(store, statement, parameters) == [], statement
+
+
+def test_the_write_path_never_keeps_a_plan(client: TestClient, factory: Factory) -> None:
+    """Ingest statements are planned for the tables as they are each time: psycopg would
+    otherwise prepare them on their fifth run, and PostgreSQL keep a generic plan made while
+    a fresh store's tables were tiny and unanalyzed (which read a whole scope's tasks for
+    every batch once they had grown)."""
+    served: Store = client.app.state.store  # type: ignore[attr-defined]
+    if served.dialect != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    factory.person("ada@example.com")
+    ingestor = client.app.state.ingestor  # type: ignore[attr-defined]
+    service = Principal(via="api_key", key_id="key_test", service_name="test")
+    for n in range(12):  # more runs than psycopg prepares after, with nothing in between
+        s = StreamEvents(f"task-{n}")
+        batch = [s.started(0, model="m", user="ada@example.com"), s.tool(1), s.finished(2)]
+        assert ingestor.ingest(service, batch).accepted == 3
+    pooled = served.write_engine.pool.checkedin()  # type: ignore[attr-defined]
+    with contextlib.ExitStack() as every:
+        connections = [every.enter_context(served.write_engine.connect()) for _ in range(pooled)]
+        kept = [
+            statement
+            for conn in connections
+            for (statement,) in conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
+        ]
+    assert kept == []
+    with served.read_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None and raw.prepare_threshold is not None  # reads keep theirs

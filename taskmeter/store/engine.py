@@ -65,15 +65,21 @@ class Store:
             self.write_engine = _sqlite_engine(url, immediate=True, busy_timeout_ms=busy)
         else:
             self.dialect = "postgresql"
-            self.read_engine = create_engine(
-                url,
-                pool_size=10,
-                max_overflow=10,
-                pool_pre_ping=True,
-                pool_timeout=5,
-                **JSON_CODEC,
+            pool: dict[str, Any] = {
+                "pool_size": 10,
+                "max_overflow": 10,
+                "pool_pre_ping": True,
+                "pool_timeout": 5,
+            }
+            self.read_engine = create_engine(url, **pool, **JSON_CODEC)
+            # Writes are planned afresh every time: psycopg prepares a statement on its fifth
+            # run, and PostgreSQL then keeps one generic plan for it, made while the tables
+            # were as they were then. On a fresh store that was a plan for tiny, unanalyzed
+            # tables, kept while ingestion grew them (an ingest batch's probe of its tasks
+            # read the scope's every task). Planning them costs no measurable time.
+            self.write_engine = create_engine(
+                url, **pool, connect_args={"prepare_threshold": None}, **JSON_CODEC
             )
-            self.write_engine = self.read_engine
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
         self._writer = sessionmaker(self.write_engine, expire_on_commit=False)
 
