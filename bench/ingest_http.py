@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument(
         "--prepare",
         type=float,
-        default=60_000,
+        default=80_000,
         help="events/s to prepare bodies for before the clock starts (more are made on the fly)",
     )
     args = parser.parse_args()
