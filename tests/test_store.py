@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,8 +14,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from taskmeter.config import normalise_database_url
+from taskmeter.errors import store_fault
 from taskmeter.store import Store
 from taskmeter.store.migrate import alembic_config, upgrade
 from taskmeter.store.tables import Base, User
@@ -168,3 +172,41 @@ def test_upgrade_renders_the_tasks_stored_before_0005(empty_url: str) -> None:
             (0, "nuclei", 1500),
             (1, "nuclei", 700),
         ]
+
+
+def test_writers_of_one_process_take_turns_within_the_busy_timeout(store: Store) -> None:
+    """Writers wait for each other as long as the store's busy timeout and no longer, then
+    fail with the fault clients are told of (on SQLite, a lock the process's writers queue
+    on; on PostgreSQL, writers to different rows do not wait at all)."""
+    hurried = Store(store.url, sqlite_busy_timeout_ms=300)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with hurried.write() as db:
+            db.execute(select(User.id))
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        began = time.monotonic()
+        try:
+            with hurried.write() as db:
+                db.execute(select(User.id))
+            fault = None
+        except OperationalError as exc:
+            fault = store_fault(exc)
+        waited = time.monotonic() - began
+    finally:
+        release.set()
+        holder.join()
+    if store.dialect == "sqlite":
+        assert fault == "the database is locked by another writer; retry shortly"
+        assert 0.25 <= waited < 5
+    else:
+        assert fault is None
+    with hurried.write() as db:  # its turn, once the holder is done
+        db.execute(select(User.id))
+    hurried.dispose()

@@ -9,11 +9,14 @@ WAL mode. On PostgreSQL both are the same engine.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from taskmeter import jsonio
@@ -63,8 +66,16 @@ class Store:
             busy = sqlite_busy_timeout_ms
             self.read_engine = _sqlite_engine(url, immediate=False, busy_timeout_ms=busy)
             self.write_engine = _sqlite_engine(url, immediate=True, busy_timeout_ms=busy)
+            # This process's writers take turns here before BEGIN IMMEDIATE: a lock wakes the
+            # next waiter as soon as it is free, where SQLite's busy handler has each waiter
+            # sleep and retry, so one could lose every retry for seconds (ingest p99 1.6 s
+            # with four concurrent batches, p50 90 ms).
+            self._write_turn: threading.Lock | None = threading.Lock()
+            self._busy_s = busy / 1000
         else:
             self.dialect = "postgresql"
+            self._write_turn = None
+            self._busy_s = 0.0
             pool: dict[str, Any] = {
                 "pool_size": 10,
                 "max_overflow": 10,
@@ -97,8 +108,23 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any error."""
-        with self._writer() as session, session.begin():
+        with self._turn(), self._writer() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """On SQLite, wait for this process's other writers (as long as SQLite would)."""
+        if self._write_turn is None:
+            yield
+            return
+        if not self._write_turn.acquire(timeout=self._busy_s):
+            # The same fault SQLite reports after its busy timeout (a 503 to clients).
+            locked = sqlite3.OperationalError("database is locked")
+            raise OperationalError("BEGIN IMMEDIATE", None, locked)
+        try:
+            yield
+        finally:
+            self._write_turn.release()
 
     def ping(self) -> None:
         with self.read_engine.connect() as conn:
