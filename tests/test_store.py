@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -210,3 +211,73 @@ def test_writers_of_one_process_take_turns_within_the_busy_timeout(store: Store)
     with hurried.write() as db:  # its turn, once the holder is done
         db.execute(select(User.id))
     hurried.dispose()
+
+
+def test_upgrade_keeps_the_events_stored_before_0006(empty_url: str) -> None:
+    """0006 keys usage_events by (stream_id, event_id) in place of a surrogate id: events
+    already stored stay, a second copy of one is still refused, and the way back to 0005
+    gives every event an id again."""
+    from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Uuid, func
+    from sqlalchemy.exc import IntegrityError
+
+    from taskmeter.store.types import JSONDoc, UTCDateTime
+
+    engine = create_engine(empty_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0005")
+
+    def events(*key: Column[Any]) -> Table:
+        return Table(
+            "usage_events",
+            MetaData(),
+            *key,
+            Column("stream_id", Uuid),
+            Column("event_id", String(128)),
+            Column("task_id", String(256)),
+            Column("type", String(32)),
+            Column("time", UTCDateTime()),
+            Column("model", String(200)),
+            Column("payload", JSONDoc()),
+            Column("cost_nano", BigInteger),
+            Column("received_at", UTCDateTime()),
+        )
+
+    stream = uuid.uuid4()
+    at = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    rows = [
+        {
+            "stream_id": stream,
+            "event_id": f"e{n}",
+            "task_id": "task-1",
+            "type": "tool.call",
+            "time": at + timedelta(seconds=n),
+            "model": None,
+            "payload": {"tool_name": "nmap", "duration_ms": n},
+            "cost_nano": None,
+            "received_at": at,
+        }
+        for n in range(3)
+    ]
+    surrogate = Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    with engine.begin() as conn:
+        conn.execute(events(surrogate).insert(), rows)
+
+    upgrade(engine)
+    assert "id" not in {c["name"] for c in inspect(engine).get_columns("usage_events")}
+    keyed = events()
+    with engine.begin() as conn:
+        stored = conn.execute(select(keyed).order_by(keyed.c.event_id)).mappings().all()
+        assert [dict(r) for r in stored] == rows
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(keyed.insert(), rows[:1])
+
+    command.downgrade(config, "0005")
+    back = events(Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True))
+    with engine.begin() as conn:
+        ids = conn.execute(select(back.c.id)).scalars().all()
+        assert len(ids) == 3 and len(set(ids)) == 3 and None not in ids
+        count = conn.execute(select(func.count()).select_from(back)).scalar_one()
+    assert count == 3
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(back.insert(), rows[:1])
+    engine.dispose()

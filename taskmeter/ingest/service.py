@@ -390,8 +390,8 @@ def _event_row(event: Event, cost_nano: int | None, now: datetime) -> dict[str, 
     }
 
 
-# Every column but the generated key, in the table's order: what COPY writes.
-EVENT_COLUMNS = tuple(c.name for c in UsageEvent.__table__.columns if c.name != "id")
+# Every column, in the table's order: what COPY writes.
+EVENT_COLUMNS = tuple(c.name for c in UsageEvent.__table__.columns)
 # Their wire types for a binary COPY (a binary value must be of its column's type; text is
 # varchar's format too). Binary saved a fifth of COPY's time over text (bench/RESULTS.md).
 _EVENT_WIRE_TYPES = {

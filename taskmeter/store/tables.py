@@ -26,7 +26,6 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
-    UniqueConstraint,
     Uuid,
     text,
 )
@@ -149,14 +148,17 @@ class CreditGrant(Base):
 
 
 class UsageEvent(Base):
-    """One recorded event, exactly once: the idempotency key is (stream_id, event_id)."""
+    """One recorded event, exactly once: its key (stream_id, event_id) is the idempotency key.
+
+    Keyed by that pair alone (migration 0006): a surrogate id cost every event a sequence value
+    and a second index entry. On SQLite the table is clustered on the key (WITHOUT ROWID).
+    """
 
     __tablename__ = "usage_events"
-    __table_args__ = (UniqueConstraint("stream_id", "event_id"),)
+    __table_args__ = CLUSTERED
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    stream_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    event_id: Mapped[str] = mapped_column(String(128))
+    stream_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     task_id: Mapped[str] = mapped_column(String(256))
     type: Mapped[str] = mapped_column(String(32))
     time: Mapped[datetime] = mapped_column(UTCDateTime())
