@@ -258,9 +258,12 @@ def test_upgrade_keeps_the_events_stored_before_0006(empty_url: str) -> None:
         }
         for n in range(3)
     ]
-    surrogate = Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+
+    def surrogate() -> Column[Any]:
+        return Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+
     with engine.begin() as conn:
-        conn.execute(events(surrogate).insert(), rows)
+        conn.execute(events(surrogate()).insert(), rows)
 
     upgrade(engine)
     assert "id" not in {c["name"] for c in inspect(engine).get_columns("usage_events")}
@@ -272,7 +275,7 @@ def test_upgrade_keeps_the_events_stored_before_0006(empty_url: str) -> None:
         conn.execute(keyed.insert(), rows[:1])
 
     command.downgrade(config, "0005")
-    back = events(Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True))
+    back = events(surrogate())
     with engine.begin() as conn:
         ids = conn.execute(select(back.c.id)).scalars().all()
         assert len(ids) == 3 and len(set(ids)) == 3 and None not in ids

@@ -61,6 +61,9 @@ from taskmeter.usage.rollups import (
 __all__ = ["IngestResult", "Ingestor", "append_events", "project_tasks", "write_streams"]
 
 STREAMS = cast(Table, Stream.__table__)
+TASKS = cast(Table, Task.__table__)
+# A stream row's columns as the PostgreSQL probes below select them (aliased `s`).
+_STREAM_VALUES = ", ".join(f"s.{name}" for name in STREAM_COLUMNS)
 # Every column a stream row's projection may change: all but its key.
 _STREAM_WRITTEN = tuple(name for name in STREAM_COLUMNS if name != "stream_id")
 _STREAM_UPDATE = STREAMS.update().where(STREAMS.c.stream_id == bindparam("key"))
@@ -165,7 +168,7 @@ def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> set[tuple[
 # each other in a cycle). `stream_id IN (…)` was planned once as a sequential scan while the
 # table was small, and psycopg's prepared statement kept that plan as the table grew.
 _PG_LOCK_STREAMS = text(
-    f"SELECT {', '.join(f's.{n}' for n in STREAM_COLUMNS)} "  # noqa: S608 - column names
+    f"SELECT {_STREAM_VALUES} "  # noqa: S608 - column names
     "FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS k(stream_id, n) CROSS JOIN LATERAL "
     "(SELECT * FROM streams WHERE stream_id = k.stream_id LIMIT 1 FOR UPDATE) AS s ORDER BY k.n"
 ).columns(*STREAMS.c)
@@ -179,8 +182,12 @@ def _lock_streams(db: Session, ids: list[uuid.UUID]) -> Any:
     return db.execute(select(STREAMS).where(STREAMS.c.stream_id.in_(ids)))
 
 
+def _insert_for(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
 def _insert(db: Session) -> Any:
-    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return _insert_for(db.get_bind().dialect.name)
 
 
 class Ingestor:
@@ -446,7 +453,6 @@ def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:
         )
 
 
-TASKS = cast(Table, Task.__table__)
 # On PostgreSQL a batch's (scope, task id) pairs are read one index probe each. Matched as two
 # lists instead, the planner, while a fresh table had not been analyzed yet, searched by scope
 # alone and read every task and finished stream of the scope for each batch (a whole team's;
@@ -465,7 +471,6 @@ _PG_TASK_KEYS = text(
     f"SELECT t.scope, t.task_id, {_TASK_KEYS} FROM {_PAIRS} (SELECT * FROM tasks "  # noqa: S608 - column names
     "WHERE scope = k.scope AND task_id = k.task_id OFFSET 0) AS t"
 ).columns(TASKS.c.scope, TASKS.c.task_id, *(TASKS.c[n] for n in TASK_KEY_COLUMNS))
-_STREAM_VALUES = ", ".join(f"s.{name}" for name in STREAM_COLUMNS)
 _PG_VISIBLE_STREAMS = text(
     f"SELECT {_STREAM_VALUES} FROM {_PAIRS} (SELECT * FROM streams "  # noqa: S608 - column names
     "WHERE scope = k.scope AND task_id = k.task_id OFFSET 0) AS s "
@@ -564,7 +569,7 @@ def project_tasks(
 @functools.cache
 def _task_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     """The task rows' upsert, built once (its `excluded` alias cost more than running it)."""
-    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(TASKS)
+    insert = _insert_for(dialect)(TASKS)
     return insert.on_conflict_do_update(
         index_elements=["scope", "task_id"],
         set_={name: insert.excluded[name] for name in columns},
