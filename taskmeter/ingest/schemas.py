@@ -71,12 +71,16 @@ class _Event(BaseModel):
     @field_validator("time", mode="before")
     @classmethod
     def _time(cls, value: Any) -> datetime:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            # Handed over decoded by the OTLP intake (JSON never holds one).
+            moment = value
+        elif not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ValueError("time must be an RFC 3339 string or Unix milliseconds")
-        try:
-            moment = parse_instant(value)
-        except (ValueError, OverflowError, OSError) as exc:
-            raise ValueError("time must be an RFC 3339 string or Unix milliseconds") from exc
+        else:
+            try:
+                moment = parse_instant(value)
+            except (ValueError, OverflowError, OSError) as exc:
+                raise ValueError("time must be an RFC 3339 string or Unix milliseconds") from exc
         if not EARLIEST <= moment < LATEST:
             raise ValueError("time must fall between 2000 and 2100")
         return moment

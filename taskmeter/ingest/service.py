@@ -2,13 +2,17 @@
 
     raw events ─ parse_event ─▶ Event | Rejection
                ─ owners resolved (users, their team *now*, their BYOK rate)
-               ─ streams locked (FOR UPDATE on PostgreSQL; SQLite's write lock is global)
+               ─ streams locked (FOR UPDATE on PostgreSQL; SQLite's write lock is global),
+                 the missing ones built in memory
                ─ duplicates dropped, task and owner checked per event
-               ─ events inserted (on conflict do nothing), streams projected, tasks recomputed
+               ─ streams projected and saved (new ones inserted whole), events stored,
+                 tasks recomputed
                ─ commit ─▶ {accepted, duplicates, rejected}
 
 Holding the stream rows' locks while checking duplicates makes the check exact: a concurrent
-batch touching the same stream waits, then sees what this one committed.
+batch touching the same stream waits, then sees what this one committed. A stream that no
+batch has stored yet has no row to lock: two batches may both build it, and the second to
+insert it waits for the first to end, fails on its key and starts over, finding it stored.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from psycopg.types.json import set_json_dumps
 from sqlalchemy import Table, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from taskmeter import jsonio
@@ -58,7 +63,15 @@ from taskmeter.usage.rollups import (
     task_contribution,
 )
 
-__all__ = ["IngestResult", "Ingestor", "append_events", "project_tasks", "write_streams"]
+__all__ = [
+    "IngestResult",
+    "Ingestor",
+    "append_events",
+    "insert_streams",
+    "new_stream",
+    "project_tasks",
+    "write_streams",
+]
 
 STREAMS = cast(Table, Stream.__table__)
 TASKS = cast(Table, Task.__table__)
@@ -119,15 +132,19 @@ class Owner:
     neo_cost_rate: Decimal | None
 
 
+# Built once: building it was most of the lookup's cost.
+_OWNERS = (
+    select(User.email, User.id, Membership.team_id, User.neo_cost_rate)
+    .outerjoin(Membership, Membership.user_id == User.id)
+    .where(User.email.in_(bindparam("emails", expanding=True)))
+)
+
+
 def _owners(db: Session, emails: Iterable[str]) -> dict[str, Owner]:
     wanted = sorted(set(emails))
     if not wanted:
         return {}
-    rows = db.execute(
-        select(User.email, User.id, Membership.team_id, User.neo_cost_rate)
-        .outerjoin(Membership, Membership.user_id == User.id)
-        .where(User.email.in_(wanted))
-    ).all()
+    rows = db.execute(_OWNERS, {"emails": wanted}).all()
     return {email: Owner(uid, team, rate) for email, uid, team, rate in rows}
 
 
@@ -230,10 +247,21 @@ class Ingestor:
             else:
                 seen.add((parsed.stream_id, parsed.id))
                 events.append((index, parsed))
-        if events:
-            with self.store.write() as db:
-                self._store(db, principal, events, result)
-        return result
+        if not events:
+            return result
+        for attempt in range(1, _ATTEMPTS + 1):
+            outcome = IngestResult(result.accepted, result.duplicates, list(result.rejected))
+            try:
+                with self.store.write() as db:
+                    self._store(db, principal, events, outcome)
+                return outcome
+            except IntegrityError as exc:
+                if not _clashed_on_stream(exc):
+                    raise
+                # Another batch created one of these streams after this one looked for it.
+                # Rolled back whole; on the next attempt the stream is there to lock.
+                log.debug("attempt %d: a stream of this batch was created meanwhile", attempt)
+        raise RuntimeError(f"streams kept being created under this batch ({_ATTEMPTS} attempts)")
 
     def _starter_email(self, principal: Principal, event: StreamStarted) -> str:
         """The email that owns a stream this start event opens, or raise a Rejection code."""
@@ -269,18 +297,12 @@ class Ingestor:
         first_task: dict[uuid.UUID, str] = {}
         for _, event in events:
             first_task.setdefault(event.stream_id, event.task_id)
-        insert = _insert(db)
-        # One cached statement with a parameter list (executemany), not a fresh multi-row
-        # VALUES statement per batch: compiling those dominated ingestion time.
-        db.execute(
-            insert(Stream.__table__).on_conflict_do_nothing(index_elements=["stream_id"]),
-            [
-                {**STREAM_DEFAULTS, "stream_id": sid, "task_id": first_task[sid]}
-                for sid in sorted(first_task)
-            ],
-        )
         ids = sorted(first_task)
         streams = {row.stream_id: row for row in map(StreamRow, _lock_streams(db, ids))}
+        # Streams not stored yet are built here and inserted whole once projected: a
+        # placeholder row inserted first and then updated had written every index twice.
+        new = {sid: new_stream(sid, first_task[sid]) for sid in ids if sid not in streams}
+        streams.update(new)
         # A stream that has never accepted an event (new, or only rejections so far) holds
         # none: events land only beside their stream's row, under its lock, and the first one
         # sets first_event_at. Only the others are probed (an OTLP export's traces are
@@ -311,12 +333,15 @@ class Ingestor:
             rows.append(_event_row(event, cost, now))
             result.accepted += 1
 
-        append_events(db, rows)
-        touched = {sid for sid in {e.stream_id for _, e in events} if sid in streams}
+        touched = sorted(streams)
         for sid in touched:
             refresh_derived(streams[sid], self.default_rate)
             rollups.stream_changed(before[sid], stream_contribution(streams[sid]))
-        write_streams(db, [streams[sid] for sid in sorted(touched)])
+        # New streams before their events: a batch that raced this one to create a stream
+        # waits here on its key, not on an event's (where it would fail, not skip).
+        insert_streams(db, [streams[sid] for sid in touched if sid in new])
+        write_streams(db, [streams[sid] for sid in touched if sid not in new])
+        append_events(db, rows)
         project_tasks(
             db,
             {
@@ -362,6 +387,10 @@ class Ingestor:
                 stream.neo_cost_rate = owner.neo_cost_rate
         elif not principal.is_service and stream.owner_user_id is None:
             stream.owner_user_id = principal.user_id
+
+
+# Each retry finds the raced streams stored; a third race in a row is not a race.
+_ATTEMPTS = 3
 
 
 class _Reject(Exception):
@@ -439,6 +468,33 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
             copy.set_types(EVENT_COPY_TYPES)
             for row in rows:
                 copy.write_row([row[name] for name in EVENT_COLUMNS])
+
+
+def new_stream(stream_id: uuid.UUID, task_id: str) -> StreamRow:
+    """A stream with no events yet, as ingestion builds it before its first insert."""
+    values = {**STREAM_DEFAULTS, "stream_id": stream_id, "task_id": task_id}
+    # Fresh containers: the projection updates them in place.
+    values.update(model_calls={}, tool_breakdown={}, tool_history=[], agent_breakdown={})
+    return StreamRow(values.get(name) for name in STREAM_COLUMNS)
+
+
+_STREAM_INSERT = STREAMS.insert()
+
+
+def insert_streams(db: Session, rows: Sequence[StreamRow]) -> None:
+    """Insert streams this transaction found missing. If another transaction has inserted
+    one of them since, the insert waits for that one to end and then fails on the key: the
+    caller's whole batch is retried (see `_clashed_on_stream`)."""
+    if rows:
+        db.execute(
+            _STREAM_INSERT, [{name: getattr(row, name) for name in STREAM_COLUMNS} for row in rows]
+        )
+
+
+def _clashed_on_stream(exc: IntegrityError) -> bool:
+    """Whether an insert failed on a stream's key: another batch created that stream."""
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+    return constraint == "pk_streams" or "UNIQUE constraint failed: streams." in str(exc.orig)
 
 
 def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:

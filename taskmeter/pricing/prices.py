@@ -135,6 +135,7 @@ class PriceBook:
         self._lock = threading.Lock()
         self._found: dict[tuple[str, str | None], Any] = {}
         self._rates: dict[tuple[int, int, int], Rates] = {}
+        self._thresholds: dict[int, list[int]] = {}
         self.unpriced: dict[str, int] = {}
 
     def _override(self, model: str, provider: str | None) -> Rates | None:
@@ -167,14 +168,19 @@ class PriceBook:
         its tokens, so within a tier the price is linear and fixed rates reproduce it exactly.
         """
         model_price = info.get_prices(when)
-        thresholds = sorted(
-            {
-                tier.start
-                for value in model_price.__dict__.values()
-                if isinstance(value, TieredPrices)
-                for tier in value.tiers
-            }
-        )
+        thresholds = self._thresholds.get(id(model_price))
+        if thresholds is None:
+            thresholds = sorted(
+                {
+                    tier.start
+                    for value in model_price.__dict__.values()
+                    if isinstance(value, TieredPrices)
+                    for tier in value.tiers
+                }
+            )
+            with self._lock:
+                # Keyed by identity: the snapshot's price objects live as long as this book.
+                self._thresholds[id(model_price)] = thresholds
         tier = sum(1 for start in thresholds if input_tokens > start)
         key = (id(info), id(model_price), tier)
         rates = self._rates.get(key)
