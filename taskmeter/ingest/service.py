@@ -39,7 +39,7 @@ from taskmeter.identity.service import IdentityError, normalise_email
 from taskmeter.ingest.projection import apply_event, refresh_derived
 from taskmeter.ingest.schemas import Event, LlmCall, Rejection, StreamStarted, parse_event
 from taskmeter.pricing.prices import CallTokens, PriceBook, usd_to_nano_credits
-from taskmeter.store import Store
+from taskmeter.store import Store, bulk
 from taskmeter.store.tables import (
     STREAM_COLUMNS,
     AnyStream,
@@ -485,10 +485,13 @@ def insert_streams(db: Session, rows: Sequence[StreamRow]) -> None:
     """Insert streams this transaction found missing. If another transaction has inserted
     one of them since, the insert waits for that one to end and then fails on the key: the
     caller's whole batch is retried (see `_clashed_on_stream`)."""
-    if rows:
-        db.execute(
-            _STREAM_INSERT, [{name: getattr(row, name) for name in STREAM_COLUMNS} for row in rows]
-        )
+    if not rows:
+        return
+    values = [{name: getattr(row, name) for name in STREAM_COLUMNS} for row in rows]
+    if db.get_bind().dialect.name == "postgresql":
+        bulk.insert_rows(db, STREAMS, values)
+    else:
+        db.execute(_STREAM_INSERT, values)
 
 
 def _clashed_on_stream(exc: IntegrityError) -> bool:
@@ -498,15 +501,21 @@ def _clashed_on_stream(exc: IntegrityError) -> bool:
 
 
 def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:
-    """Save projected stream rows whole: one prepared UPDATE, executed for each row."""
-    if rows:
-        db.execute(
-            _STREAM_UPDATE,
-            [
-                {"key": row.stream_id, **{name: getattr(row, name) for name in _STREAM_WRITTEN}}
-                for row in rows
-            ],
-        )
+    """Save projected stream rows whole: one statement (PostgreSQL) or one prepared UPDATE
+    executed for each row (SQLite)."""
+    if not rows:
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        values = [{name: getattr(row, name) for name in STREAM_COLUMNS} for row in rows]
+        bulk.update_rows(db, STREAMS, "stream_id", values)
+        return
+    db.execute(
+        _STREAM_UPDATE,
+        [
+            {"key": row.stream_id, **{name: getattr(row, name) for name in _STREAM_WRITTEN}}
+            for row in rows
+        ],
+    )
 
 
 # On PostgreSQL a batch's (scope, task id) pairs are read one index probe each. Matched as two
@@ -617,9 +626,13 @@ def project_tasks(
             ),
             gone,
         )
-    if rows:
-        columns = tuple(name for name in rows[0] if name not in ("scope", "task_id"))
-        db.execute(_task_upsert(db.get_bind().dialect.name, columns), rows)
+    if not rows:
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        bulk.insert_rows(db, TASKS, rows, conflict=("scope", "task_id"))
+        return
+    columns = tuple(name for name in rows[0] if name not in ("scope", "task_id"))
+    db.execute(_task_upsert(db.get_bind().dialect.name, columns), rows)
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from taskmeter.store.bulk import insert_sql, rows_json
 from taskmeter.store.tables import (
     STREAM_FIGURES,
     AnyStream,
@@ -226,9 +227,58 @@ class RollupDeltas:
             (TaskRollupMonth, TASK_MONTH_KEY, TASK_VALUES, self._task_months),
             (ScopeTotal, SCOPE_KEY, SCOPE_VALUES, self._scopes),
         ]
-        for table, key_names, value_names, deltas in tiers:
-            _upsert(db, table.__table__, key_names, value_names, deltas.items())
+        if db.get_bind().dialect.name == "postgresql":
+            _upsert_all_pg(db, [(t.__table__, k, v, d.items()) for t, k, v, d in tiers])
+        else:
+            for table, key_names, value_names, deltas in tiers:
+                _upsert(db, table.__table__, key_names, value_names, deltas.items())
+        for *_, deltas in tiers:
             deltas.clear()
+
+
+def _rows(
+    deltas: Iterable[tuple[tuple[Any, ...], list[int]]],
+) -> list[tuple[tuple[Any, ...], list[int]]]:
+    """The deltas that change something, sorted by key: the order their rows are locked in."""
+    return sorted(
+        ((key, values) for key, values in deltas if any(values)),
+        key=lambda kv: tuple(map(str, kv[0])),
+    )
+
+
+Tier = tuple[Table, tuple[str, ...], tuple[str, ...], Iterable[tuple[tuple[Any, ...], list[int]]]]
+
+
+def _upsert_all_pg(db: Session, tiers: list[Tier]) -> None:
+    """Every tier's upsert in one PostgreSQL statement, each tier's rows passed as JSON.
+
+    Seven executemany statements a batch cost a statement per row, each parsed and planned by
+    PostgreSQL, and a round trip per tier while the rows written so far, which concurrent
+    batches of one scope share, stayed locked. Within one statement the tiers are written in
+    a fixed order, so every transaction locks rollup rows in the same order.
+    """
+    params: dict[str, str] = {}
+    for n, (_table, key_names, value_names, deltas) in enumerate(tiers):
+        rows = _rows(deltas)
+        if rows:
+            names = (*key_names, *value_names)
+            params[f"t{n}"] = rows_json(
+                [dict(zip(names, (*key, *values), strict=True)) for key, values in rows]
+            )
+    if params:
+        shape = tuple((t, k, v) for n, (t, k, v, _) in enumerate(tiers) if f"t{n}" in params)
+        db.execute(_pg_upsert_all(shape, tuple(params)), params)
+
+
+@functools.cache
+def _pg_upsert_all(
+    tiers: tuple[tuple[Table, tuple[str, ...], tuple[str, ...]], ...], parameters: tuple[str, ...]
+) -> Any:
+    parts = [
+        f"{p} AS ({insert_sql(table, (*keys, *values), conflict=keys, add=True, parameter=p)})"
+        for p, (table, keys, values) in zip(parameters, tiers, strict=True)
+    ]
+    return text(f"WITH {', '.join(parts)} SELECT 1")
 
 
 def _upsert(
@@ -240,8 +290,7 @@ def _upsert(
 ) -> None:
     rows = [
         {**dict(zip(key_names, key, strict=True)), **dict(zip(value_names, values, strict=True))}
-        for key, values in sorted(deltas, key=lambda kv: tuple(map(str, kv[0])))
-        if any(values)
+        for key, values in _rows(deltas)
     ]
     if not rows:
         return
