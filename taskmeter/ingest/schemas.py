@@ -35,6 +35,7 @@ from pydantic import (
 from taskmeter.timeutil import parse_instant
 
 __all__ = [
+    "EVENT_MODELS",
     "EVENT_TYPES",
     "STATUSES",
     "Event",
@@ -74,7 +75,8 @@ class _Event(BaseModel):
         if isinstance(value, datetime) and value.tzinfo is not None:
             # Handed over decoded by the OTLP intake (JSON never holds one).
             moment = value
-        elif not isinstance(value, str | int | float) or isinstance(value, bool):
+        # A tuple, not `str | int | float`: isinstance is slower with a union.
+        elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError("time must be an RFC 3339 string or Unix milliseconds")
         else:
             try:
@@ -151,7 +153,7 @@ class StreamFinished(_Event):
 Event = StreamStarted | LlmCall | ToolCall | AgentTriggered | StepCompleted | StreamFinished
 # Each type validated by its own model, chosen by `type` (checked first): a third cheaper
 # than the discriminated union, which looked the tag up again for every event.
-_MODELS: dict[str, type[Event]] = {
+EVENT_MODELS: dict[str, type[Event]] = {
     get_args(model.model_fields["type"].annotation)[0]: model
     for model in (StreamStarted, LlmCall, ToolCall, AgentTriggered, StepCompleted, StreamFinished)
 }
@@ -182,8 +184,10 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
     return "invalid_event", f"{where}{first['msg']}"
 
 
-def parse_event(index: int, raw: Any) -> Event | Rejection:
-    """Validate one raw event of a batch."""
+def parse_event(index: int, raw: Any, *, nul_free: bool = False) -> Event | Rejection:
+    """Validate one raw event of a batch. `nul_free` says the caller knows no string in it
+    holds a NUL character (a JSON body without the escape `\\u0000` cannot hold one), so
+    its fields need not be searched one by one (a tenth of ingestion's time)."""
     if not isinstance(raw, dict):
         return Rejection(index, None, "invalid_event", "an event must be a JSON object")
     raw_id = raw.get("id")
@@ -196,12 +200,15 @@ def parse_event(index: int, raw: Any) -> Event | Rejection:
             "unknown_type",
             f"type {kind!r} is not one of {', '.join(EVENT_TYPES)}",
         )
-    for name, value in raw.items():
-        # PostgreSQL text cannot hold NUL; refuse it here for both stores alike.
-        if isinstance(value, str) and "\x00" in value:
-            return Rejection(index, event_id, "invalid_event", f"{name} contains a NUL character")
+    if not nul_free:
+        for name, value in raw.items():
+            # PostgreSQL text cannot hold NUL; refuse it here for both stores alike.
+            if isinstance(value, str) and "\x00" in value:
+                return Rejection(
+                    index, event_id, "invalid_event", f"{name} contains a NUL character"
+                )
     try:
-        return _MODELS[kind].model_validate(raw)
+        return EVENT_MODELS[kind].model_validate(raw)
     except ValidationError as exc:
         code, message = _describe(exc)
         return Rejection(index, event_id, code, message)

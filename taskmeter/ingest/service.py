@@ -37,7 +37,14 @@ from taskmeter import jsonio
 from taskmeter.identity.principal import Principal, scope_key
 from taskmeter.identity.service import IdentityError, normalise_email
 from taskmeter.ingest.projection import apply_event, refresh_derived
-from taskmeter.ingest.schemas import Event, LlmCall, Rejection, StreamStarted, parse_event
+from taskmeter.ingest.schemas import (
+    EVENT_MODELS,
+    Event,
+    LlmCall,
+    Rejection,
+    StreamStarted,
+    parse_event,
+)
 from taskmeter.pricing.prices import CallTokens, PriceBook, usd_to_nano_credits
 from taskmeter.store import Store, bulk
 from taskmeter.store.tables import (
@@ -234,12 +241,16 @@ class Ingestor:
         )
         return None if usd is None else usd_to_nano_credits(usd, self.credit_usd)
 
-    def ingest(self, principal: Principal, raw_events: Sequence[Any]) -> IngestResult:
+    def ingest(
+        self, principal: Principal, raw_events: Sequence[Any], *, nul_free: bool = False
+    ) -> IngestResult:
+        """Validate, store and project a batch. `nul_free`: the caller knows no string in
+        these events holds a NUL character (see `parse_event`)."""
         result = IngestResult()
         events: list[tuple[int, Event]] = []
         seen: set[tuple[uuid.UUID, str]] = set()
         for index, raw in enumerate(raw_events):
-            parsed = parse_event(index, raw)
+            parsed = parse_event(index, raw, nul_free=nul_free)
             if isinstance(parsed, Rejection):
                 result.rejected.append(parsed)
             elif (parsed.stream_id, parsed.id) in seen:
@@ -314,7 +325,7 @@ class Ingestor:
         rollups = RollupDeltas()
         before = {sid: stream_contribution(s) for sid, s in streams.items()}
 
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for index, event in events:
             if (event.stream_id, event.id) in stored:
                 result.duplicates += 1
@@ -400,34 +411,33 @@ class _Reject(Exception):
         self.message = message
 
 
+# Every column, in the table's order: what COPY writes and `_event_row` builds.
+EVENT_COLUMNS = tuple(c.name for c in UsageEvent.__table__.columns)
 # Stored in their own columns, so not again in the payload.
 _COLUMN_FIELDS = frozenset({"id", "type", "time", "stream_id", "task_id"})
+# Each type's payload fields, looked up once rather than filtered per event.
+_PAYLOAD_FIELDS = {
+    kind: tuple(name for name in model.model_fields if name not in _COLUMN_FIELDS)
+    for kind, model in EVENT_MODELS.items()
+}
 
 
-def _event_row(event: Event, cost_nano: int | None, now: datetime) -> dict[str, Any]:
+def _event_row(event: Event, cost_nano: int | None, now: datetime) -> tuple[Any, ...]:
+    """The event's `usage_events` row, its values in `EVENT_COLUMNS` order."""
     # What `model_dump(mode="json", exclude=…, exclude_none=True)` gives for these flat
     # models (a Decimal as its string), at a fifth of its cost.
-    payload = {
-        name: str(value) if isinstance(value, Decimal) else value
-        for name, value in event.__dict__.items()
-        if value is not None and name not in _COLUMN_FIELDS
-    }
-    return {
-        "stream_id": event.stream_id,
-        "event_id": event.id,
-        "task_id": event.task_id,
-        "type": event.type,
-        "time": event.time,
-        # Not getattr: pydantic answers a missing attribute by raising, slowly.
-        "model": event.__dict__.get("model"),
-        "payload": payload,
-        "cost_nano": cost_nano,
-        "received_at": now,
-    }
+    fields = event.__dict__
+    payload = {}
+    for name in _PAYLOAD_FIELDS[event.type]:
+        value = fields[name]
+        if value is not None:
+            payload[name] = str(value) if isinstance(value, Decimal) else value
+    # `fields`, not getattr: pydantic answers a missing attribute by raising, slowly.
+    model = fields.get("model")
+    return (event.stream_id, event.id, event.task_id, event.type, event.time, model, payload,
+            cost_nano, now)  # fmt: skip
 
 
-# Every column, in the table's order: what COPY writes.
-EVENT_COLUMNS = tuple(c.name for c in UsageEvent.__table__.columns)
 # Their wire types for a binary COPY (a binary value must be of its column's type; text is
 # varchar's format too). Binary saved a fifth of COPY's time over text (bench/RESULTS.md).
 _EVENT_WIRE_TYPES = {
@@ -440,7 +450,7 @@ _EVENT_WIRE_TYPES = {
 EVENT_COPY_TYPES = tuple(_EVENT_WIRE_TYPES.get(name, "text") for name in EVENT_COLUMNS)
 
 
-def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
+def append_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
     """Store accepted events: COPY on PostgreSQL, a prepared executemany on SQLite.
 
     COPY takes no ON CONFLICT, and needs none: the caller holds every touched stream's row
@@ -455,7 +465,7 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
             _insert(db)(UsageEvent.__table__).on_conflict_do_nothing(
                 index_elements=["stream_id", "event_id"]
             ),
-            rows,
+            [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows],
         )
         return
     driver = db.connection().connection.driver_connection
@@ -467,7 +477,7 @@ def append_events(db: Session, rows: list[dict[str, Any]]) -> None:
         ) as copy:
             copy.set_types(EVENT_COPY_TYPES)
             for row in rows:
-                copy.write_row([row[name] for name in EVENT_COLUMNS])
+                copy.write_row(row)
 
 
 def new_stream(stream_id: uuid.UUID, task_id: str) -> StreamRow:
