@@ -118,7 +118,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="connections (with --workers 2, four often left one worker with one or none)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument(

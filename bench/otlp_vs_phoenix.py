@@ -259,7 +259,12 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--traces", type=int, default=20_000)
     parser.add_argument("--phoenix-traces", type=int, help="default: --traces")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="connections (with --workers 2, four often left one worker with one or none)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
     parser.add_argument("--phoenix", default="phoenix", help="the phoenix executable")
     args = parser.parse_args()
