@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from sqlalchemy.exc import OperationalError
 
 from taskmeter.config import normalise_database_url
 from taskmeter.errors import store_fault
+from taskmeter.ingest.service import insert_streams, new_stream, write_streams
 from taskmeter.store import Store
 from taskmeter.store.migrate import alembic_config, upgrade
-from taskmeter.store.tables import Base, User
+from taskmeter.store.tables import STREAM_COLUMNS, Base, Stream, StreamRow, User
 from tests.conftest import PG_ADMIN_URL, STORES
 
 
@@ -284,3 +286,44 @@ def test_upgrade_keeps_the_events_stored_before_0006(empty_url: str) -> None:
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(back.insert(), rows[:1])
     engine.dispose()
+
+
+def test_stream_rows_written_in_bulk_read_back_exactly(store: Store) -> None:
+    """Ingestion writes many stream rows per statement (on PostgreSQL as one JSON parameter):
+    every column comes back as written, awkward values included."""
+
+    def awkward(n: int) -> StreamRow:
+        row = new_stream(uuid.uuid4(), f'task "{n}" \\ ünï ✓')
+        row.scope = f"u{n}"
+        row.started = True
+        row.created_at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+        row.finished_at = datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=5)))
+        row.status = "error"
+        row.error_message = "line one\nline two\t'quoted' {\"json\": [1]}"
+        row.task_title = "😀 emoji, comma, {brace}"
+        row.neo_cost_rate = Decimal("0.123456789")
+        row.base_nano = 2**62 + n
+        row.model_calls = {"gpt-4o": 3, 'módel "x"': 1}
+        row.tool_history = [[1_700_000_000_000, "e\\1", 'n"map', 2**40]]
+        row.tool_breakdown = {"nmap": {"calls": 1, "total_ms": 5}}
+        return row
+
+    rows = [awkward(n) for n in range(3)]
+    with store.write() as db:
+        insert_streams(db, rows)
+    for row in rows:
+        row.step_count = 7
+        row.last_event_at = datetime(2026, 3, 1, 13, 0, 0, 1, tzinfo=UTC)
+        row.tool_history.append([1_700_000_000_001, "e2", "httpx", 0])
+    with store.write() as db:
+        write_streams(db, rows[:2])
+    with store.read() as db:
+        stored = {r.stream_id: r for r in map(StreamRow, db.execute(select(*Stream.__table__.c)))}
+    for row in rows:
+        back = stored[row.stream_id]
+        for name in STREAM_COLUMNS:
+            expected = getattr(row, name)
+            if row is rows[2] and name in ("step_count", "last_event_at", "tool_history"):
+                continue  # not updated
+            assert getattr(back, name) == expected, name
+    assert stored[rows[2].stream_id].step_count == 0
