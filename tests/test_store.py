@@ -20,10 +20,10 @@ from sqlalchemy.exc import OperationalError
 
 from taskmeter.config import normalise_database_url
 from taskmeter.errors import store_fault
-from taskmeter.ingest.service import insert_streams, new_stream, write_streams
+from taskmeter.ingest.service import append_events, insert_streams, new_stream, write_streams
 from taskmeter.store import Store
 from taskmeter.store.migrate import alembic_config, upgrade
-from taskmeter.store.tables import STREAM_COLUMNS, Base, Stream, StreamRow, User
+from taskmeter.store.tables import STREAM_COLUMNS, Base, Stream, StreamRow, UsageEvent, User
 from tests.conftest import PG_ADMIN_URL, STORES
 
 
@@ -327,3 +327,27 @@ def test_stream_rows_written_in_bulk_read_back_exactly(store: Store) -> None:
                 continue  # not updated
             assert getattr(back, name) == expected, name
     assert stored[rows[2].stream_id].step_count == 0
+
+
+def test_events_appended_in_bulk_read_back_exactly(store: Store) -> None:
+    """Accepted events go to `usage_events` by COPY (PostgreSQL) or the driver's executemany
+    (SQLite), each bypassing the ORM's parameter handling: they read back as written."""
+    sid = uuid.uuid4()
+    now = datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC)
+    rows = [
+        (sid, "e1", "task ✓", "llm.call", datetime(2026, 3, 1, 11, 0, tzinfo=UTC), "gpt-4o",
+         {"input_tokens": 10, "cost_usd": "0.1", "provider": 'o"penai\\'}, 2**40, now),
+        (sid, "e2", "task ✓", "tool.call",
+         datetime(2026, 3, 1, 16, 30, 0, 999999, tzinfo=timezone(timedelta(hours=5))), None,
+         {"tool_name": "nmap ünï", "duration_ms": 0}, None, now),
+    ]  # fmt: skip
+    with store.write() as db:
+        append_events(db, rows)
+    with store.read() as db:
+        stored = {e.event_id: e for e in db.scalars(select(UsageEvent))}
+    for row in rows:
+        event = stored[row[1]]
+        back = (event.stream_id, event.event_id, event.task_id, event.type, event.time,
+                event.model, event.payload, event.cost_nano, event.received_at)  # fmt: skip
+        assert back == row
+    assert stored["e2"].time.utcoffset() == timedelta(0)
