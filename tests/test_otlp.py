@@ -339,3 +339,47 @@ def test_an_unreachable_store_answers_503_with_retry_after() -> None:
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "2"
     assert_error_response(answer.json(), code="unavailable")
+
+
+def test_attributes_the_mapping_does_not_read_change_nothing() -> None:
+    """Prompt and completion contents and any other attribute are skipped unread: the same
+    spans map to the same events with or without them."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    from taskmeter.ingest.otlp import READ_ATTRIBUTES, _attributes, spans_to_events
+
+    plain = encode_spans(record_agent_run("T-content", user="ada@example.com"))
+    padded = type(plain)()
+    padded.CopyFrom(plain)
+    for resource_spans in padded.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                span.attributes.extend(
+                    [
+                        KeyValue(
+                            key="gen_ai.input.messages", value=AnyValue(string_value="x" * 50_000)
+                        ),
+                        KeyValue(
+                            key="gen_ai.usage.input_tokens.extra", value=AnyValue(int_value=7)
+                        ),
+                        KeyValue(key="custom.flag", value=AnyValue(bool_value=True)),
+                    ]
+                )
+    assert spans_to_events(padded) == spans_to_events(plain)
+    assert len(spans_to_events(plain).events) == 10
+    # Skipped, not copied out and ignored later.
+    first = padded.resource_spans[0].scope_spans[0].spans[0]
+    assert set(_attributes(first.attributes)) <= READ_ATTRIBUTES
+
+
+def test_every_attribute_the_mapping_names_is_read() -> None:
+    """The mapping copies out only READ_ATTRIBUTES: every attribute name it uses is there."""
+    import inspect
+    import re
+
+    from taskmeter.ingest import otlp
+
+    named = set(
+        re.findall(r'"((?:gen_ai|taskmeter|user|enduser)\.[a-z_.]+)"', inspect.getsource(otlp))
+    )
+    assert named == otlp.READ_ATTRIBUTES

@@ -121,11 +121,38 @@ def _value(value: AnyValue) -> Any:
     return None
 
 
+# Every attribute the mapping below reads. The others (prompt and completion contents among
+# them, often kilobytes a span) are never copied out of the decoded message.
+READ_ATTRIBUTES = frozenset(
+    {
+        "enduser.id",
+        "gen_ai.agent.name",
+        "gen_ai.conversation.id",
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.system",
+        "gen_ai.tool.name",
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "taskmeter.is_byok",
+        "taskmeter.task_id",
+        "taskmeter.task_title",
+        "user.email",
+    }
+)
+
+
 def _attributes(items: Any) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for item in items:
         assert isinstance(item, KeyValue)
-        attributes[item.key] = _value(item.value)
+        key = item.key
+        if key in READ_ATTRIBUTES:
+            attributes[key] = _value(item.value)
     return attributes
 
 
