@@ -13,15 +13,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 
 from taskmeter.errors import Forbidden, Unauthorized
 from taskmeter.identity.jwt import JwtError, JwtVerifier
 from taskmeter.identity.keys import KEY_PREFIX, hash_key, hashes_match, is_well_formed
 from taskmeter.store import Store
-from taskmeter.store.tables import ApiKey, Membership, Team, User
+from taskmeter.store.tables import (
+    API_KEYS,
+    MEMBERSHIPS,
+    TEAMS,
+    USERS,
+    ApiKey,
+    Membership,
+    Team,
+    User,
+)
 
 __all__ = ["Principal", "Scope", "TeamRole", "authenticate", "read_scope", "scope_key"]
 
@@ -138,31 +147,27 @@ def _user_principal(
 
 # Every request asks it: built once, from the tables (building it and loading ORM instances
 # had been a fifth of a streams page's time).
-_KEYS = cast(Table, ApiKey.__table__)
-_USERS = cast(Table, User.__table__)
-_MEMBERSHIPS = cast(Table, Membership.__table__)
-_TEAMS = cast(Table, Team.__table__)
 _KEY_BY_HASH = (
     select(
-        _KEYS.c.id,
-        _KEYS.c.key_hash,
-        _KEYS.c.kind,
-        _KEYS.c.name,
-        _KEYS.c.revoked_at,
-        _KEYS.c.last_used_at,
-        _USERS.c.id.label("user_id"),
-        _USERS.c.email,
-        _USERS.c.role,
-        _MEMBERSHIPS.c.role.label("team_role"),
-        _TEAMS.c.id.label("team_id"),
-        _TEAMS.c.name.label("team_name"),
+        API_KEYS.c.id,
+        API_KEYS.c.key_hash,
+        API_KEYS.c.kind,
+        API_KEYS.c.name,
+        API_KEYS.c.revoked_at,
+        API_KEYS.c.last_used_at,
+        USERS.c.id.label("user_id"),
+        USERS.c.email,
+        USERS.c.role,
+        MEMBERSHIPS.c.role.label("team_role"),
+        TEAMS.c.id.label("team_id"),
+        TEAMS.c.name.label("team_name"),
     )
     .select_from(
-        _KEYS.outerjoin(_USERS, _USERS.c.id == _KEYS.c.user_id)
-        .outerjoin(_MEMBERSHIPS, _MEMBERSHIPS.c.user_id == _USERS.c.id)
-        .outerjoin(_TEAMS, _TEAMS.c.id == _MEMBERSHIPS.c.team_id)
+        API_KEYS.outerjoin(USERS, USERS.c.id == API_KEYS.c.user_id)
+        .outerjoin(MEMBERSHIPS, MEMBERSHIPS.c.user_id == USERS.c.id)
+        .outerjoin(TEAMS, TEAMS.c.id == MEMBERSHIPS.c.team_id)
     )
-    .where(_KEYS.c.key_hash == bindparam("key_hash"))
+    .where(API_KEYS.c.key_hash == bindparam("key_hash"))
 )
 
 

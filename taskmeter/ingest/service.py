@@ -24,10 +24,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from psycopg.types.json import set_json_dumps
-from sqlalchemy import Table, bindparam, select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -48,14 +48,14 @@ from taskmeter.ingest.schemas import (
 from taskmeter.pricing.prices import CallTokens, PriceBook, usd_to_nano_credits
 from taskmeter.store import Store, bulk
 from taskmeter.store.tables import (
+    MEMBERSHIPS,
     STREAM_COLUMNS,
+    STREAMS,
+    TASKS,
+    USERS,
     AnyStream,
-    Membership,
-    Stream,
     StreamRow,
-    Task,
     UsageEvent,
-    User,
 )
 from taskmeter.timeutil import utc_now
 from taskmeter.usage.figures import (
@@ -80,8 +80,6 @@ __all__ = [
     "write_streams",
 ]
 
-STREAMS = cast(Table, Stream.__table__)
-TASKS = cast(Table, Task.__table__)
 # A stream row's columns as the PostgreSQL probes below select them (aliased `s`).
 _STREAM_VALUES = ", ".join(f"s.{name}" for name in STREAM_COLUMNS)
 # Every column a stream row's projection may change: all but its key.
@@ -140,12 +138,10 @@ class Owner:
 
 
 # Built once, from the tables (the ORM's execution path cost more than the query).
-_USERS = cast(Table, User.__table__)
-_MEMBERSHIPS = cast(Table, Membership.__table__)
 _OWNERS = (
-    select(_USERS.c.email, _USERS.c.id, _MEMBERSHIPS.c.team_id, _USERS.c.neo_cost_rate)
-    .outerjoin(_MEMBERSHIPS, _MEMBERSHIPS.c.user_id == _USERS.c.id)
-    .where(_USERS.c.email.in_(bindparam("emails", expanding=True)))
+    select(USERS.c.email, USERS.c.id, MEMBERSHIPS.c.team_id, USERS.c.neo_cost_rate)
+    .outerjoin(MEMBERSHIPS, MEMBERSHIPS.c.user_id == USERS.c.id)
+    .where(USERS.c.email.in_(bindparam("emails", expanding=True)))
 )
 
 

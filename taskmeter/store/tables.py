@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     Uuid,
     text,
@@ -34,8 +35,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
 
 __all__ = [
+    "API_KEYS",
+    "MEMBERSHIPS",
+    "STREAMS",
     "STREAM_COLUMNS",
     "STREAM_FIGURES",
+    "TASKS",
+    "TEAMS",
+    "USERS",
     "AnyStream",
     "ApiKey",
     "Base",
@@ -448,3 +455,13 @@ class ScopeHour(Base):
     bucket: Mapped[int] = mapped_column(BigInteger)
     neo_credits_nano: Mapped[int] = mapped_column(BigInteger, default=0)
     tasks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# The tables as Core `Table`s, for statements that skip the ORM (a mapped class's
+# `__table__` is typed as a plain FromClause).
+API_KEYS = cast(Table, ApiKey.__table__)
+MEMBERSHIPS = cast(Table, Membership.__table__)
+STREAMS = cast(Table, Stream.__table__)
+TASKS = cast(Table, Task.__table__)
+TEAMS = cast(Table, Team.__table__)
+USERS = cast(Table, User.__table__)

@@ -7,21 +7,18 @@ stream_id DESC (task_id DESC), or base amount DESC then the same.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Table, func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from taskmeter.identity.principal import Scope
-from taskmeter.store.tables import ScopeTotal, Stream, StreamRow, Task, User
+from taskmeter.store.tables import STREAMS, USERS, ScopeTotal, Stream, StreamRow, Task, User
 from taskmeter.usage.figures import stream_figures, to_task_usage, with_email
 from taskmeter.usage.params import Page, UsageFilters
 
 __all__ = ["get_task", "list_streams", "list_tasks", "owner_id_for_email"]
-
-_STREAMS = cast(Table, Stream.__table__)
-_USERS = cast(Table, User.__table__)
 
 
 def owner_id_for_email(db: Session, email: str) -> int | None:
@@ -107,8 +104,8 @@ def list_streams(
         order.insert(0, Stream.base_nano.desc())
     # Plain rows, not ORM instances: loading instances had been an eighth of a page's time.
     query = (
-        select(*_STREAMS.c, _USERS.c.email)
-        .outerjoin(_USERS, _USERS.c.id == _STREAMS.c.owner_user_id)
+        select(*STREAMS.c, USERS.c.email)
+        .outerjoin(USERS, USERS.c.id == STREAMS.c.owner_user_id)
         .where(*conditions)
         .order_by(*order)
     )
