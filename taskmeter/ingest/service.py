@@ -28,7 +28,6 @@ from typing import Any
 
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import bindparam, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -82,24 +81,19 @@ __all__ = [
 
 # A stream row's columns as the PostgreSQL probes below select them (aliased `s`).
 _STREAM_VALUES = ", ".join(f"s.{name}" for name in STREAM_COLUMNS)
-# Every column a stream row's projection may change: all but its key.
-_STREAM_WRITTEN = tuple(name for name in STREAM_COLUMNS if name != "stream_id")
 _STREAM_UPDATE = STREAMS.update().where(STREAMS.c.stream_id == bindparam("key"))
 
-# Core inserts skip the ORM's Python-side defaults; these are the placeholder's.
+# A stream's figures before its first event (Core inserts skip the ORM's Python-side
+# defaults). Its JSON documents are made fresh for each stream in `new_stream`.
 STREAM_DEFAULTS: dict[str, Any] = {
     "started": False,
-    "model_calls": {},
     "model": None,
     "is_byok": False,
     "step_count": 0,
     "step_latency_ms": 0,
     "tool_calls": 0,
     "tool_time_ms": 0,
-    "tool_breakdown": {},
-    "tool_history": [],
     "agent_triggers": 0,
-    "agent_breakdown": {},
     "llm_calls": 0,
     "llm_time_ms": 0,
     "input_tokens": 0,
@@ -206,14 +200,6 @@ def _lock_streams(db: Session, ids: list[uuid.UUID]) -> Any:
         return db.execute(_PG_LOCK_STREAMS, {"ids": ids})
     # SQLite's write lock is the whole database's, taken when the transaction began.
     return db.execute(select(STREAMS).where(STREAMS.c.stream_id.in_(ids)))
-
-
-def _insert_for(dialect: str) -> Any:
-    return pg_insert if dialect == "postgresql" else sqlite_insert
-
-
-def _insert(db: Session) -> Any:
-    return _insert_for(db.get_bind().dialect.name)
 
 
 class Ingestor:
@@ -516,9 +502,16 @@ def append_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
 
 def new_stream(stream_id: uuid.UUID, task_id: str) -> StreamRow:
     """A stream with no events yet, as ingestion builds it before its first insert."""
-    values = {**STREAM_DEFAULTS, "stream_id": stream_id, "task_id": task_id}
-    # Fresh containers: the projection updates them in place.
-    values.update(model_calls={}, tool_breakdown={}, tool_history=[], agent_breakdown={})
+    values = {
+        **STREAM_DEFAULTS,
+        "stream_id": stream_id,
+        "task_id": task_id,
+        # Fresh containers: the projection updates them in place.
+        "model_calls": {},
+        "tool_breakdown": {},
+        "tool_history": [],
+        "agent_breakdown": {},
+    }
     return StreamRow(values.get(name) for name in STREAM_COLUMNS)
 
 
@@ -531,17 +524,23 @@ def insert_streams(db: Session, rows: Sequence[StreamRow]) -> None:
     caller's whole batch is retried (see `_clashed_on_stream`)."""
     if not rows:
         return
-    values = [{name: getattr(row, name) for name in STREAM_COLUMNS} for row in rows]
+    values = [_stream_values(row) for row in rows]
     if db.get_bind().dialect.name == "postgresql":
         bulk.insert_rows(db, STREAMS, values)
     else:
         db.execute(_STREAM_INSERT, values)
 
 
+def _stream_values(row: StreamRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in STREAM_COLUMNS}
+
+
 def _clashed_on_stream(exc: IntegrityError) -> bool:
     """Whether an insert failed on a stream's key: another batch created that stream."""
     constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
-    return constraint == "pk_streams" or "UNIQUE constraint failed: streams." in str(exc.orig)
+    return constraint == STREAMS.primary_key.name or (
+        f"UNIQUE constraint failed: {STREAMS.name}." in str(exc.orig)
+    )
 
 
 def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:
@@ -550,16 +549,9 @@ def write_streams(db: Session, rows: Sequence[StreamRow]) -> None:
     if not rows:
         return
     if db.get_bind().dialect.name == "postgresql":
-        values = [{name: getattr(row, name) for name in STREAM_COLUMNS} for row in rows]
-        bulk.update_rows(db, STREAMS, "stream_id", values)
+        bulk.update_rows(db, STREAMS, "stream_id", [_stream_values(row) for row in rows])
         return
-    db.execute(
-        _STREAM_UPDATE,
-        [
-            {"key": row.stream_id, **{name: getattr(row, name) for name in _STREAM_WRITTEN}}
-            for row in rows
-        ],
-    )
+    db.execute(_STREAM_UPDATE, [{"key": row.stream_id, **_stream_values(row)} for row in rows])
 
 
 # On PostgreSQL a batch's (scope, task id) pairs are read one index probe each. Matched as two
@@ -677,13 +669,13 @@ def project_tasks(
         bulk.insert_rows(db, TASKS, rows, conflict=("scope", "task_id"))
         return
     columns = tuple(name for name in rows[0] if name not in ("scope", "task_id"))
-    db.execute(_task_upsert(db.get_bind().dialect.name, columns), rows)
+    db.execute(_sqlite_task_upsert(columns), rows)
 
 
 @functools.cache
-def _task_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+def _sqlite_task_upsert(columns: tuple[str, ...]) -> Any:
     """The task rows' upsert, built once (its `excluded` alias cost more than running it)."""
-    insert = _insert_for(dialect)(TASKS)
+    insert = sqlite_insert(TASKS)
     return insert.on_conflict_do_update(
         index_elements=["scope", "task_id"],
         set_={name: insert.excluded[name] for name in columns},

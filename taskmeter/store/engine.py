@@ -87,7 +87,8 @@ class Store:
             # run, and PostgreSQL then keeps one generic plan for it, made while the tables
             # were as they were then. On a fresh store that was a plan for tiny, unanalyzed
             # tables, kept while ingestion grew them (an ingest batch's probe of its tasks
-            # read the scope's every task). Planning them costs no measurable time.
+            # read the scope's every task). So that planning stays one plan a statement, the
+            # writes of many rows are single statements (`store/bulk.py`), not executemany.
             self.write_engine = create_engine(
                 url, **pool, connect_args={"prepare_threshold": None}, **JSON_CODEC
             )

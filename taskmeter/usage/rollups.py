@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -227,23 +226,28 @@ class RollupDeltas:
             (TaskRollupMonth, TASK_MONTH_KEY, TASK_VALUES, self._task_months),
             (ScopeTotal, SCOPE_KEY, SCOPE_VALUES, self._scopes),
         ]
+        changes: list[Tier] = [(t.__table__, k, v, d.items()) for t, k, v, d in tiers]
         if db.get_bind().dialect.name == "postgresql":
-            _upsert_all_pg(db, [(t.__table__, k, v, d.items()) for t, k, v, d in tiers])
+            _upsert_all_pg(db, changes)
         else:
-            for table, key_names, value_names, deltas in tiers:
-                _upsert(db, table.__table__, key_names, value_names, deltas.items())
+            for tier in changes:
+                _upsert_sqlite(db, tier)
         for *_, deltas in tiers:
             deltas.clear()
 
 
 def _rows(
+    key_names: tuple[str, ...],
+    value_names: tuple[str, ...],
     deltas: Iterable[tuple[tuple[Any, ...], list[int]]],
-) -> list[tuple[tuple[Any, ...], list[int]]]:
-    """The deltas that change something, sorted by key: the order their rows are locked in."""
-    return sorted(
-        ((key, values) for key, values in deltas if any(values)),
-        key=lambda kv: tuple(map(str, kv[0])),
-    )
+) -> list[dict[str, Any]]:
+    """A tier's rows that change something, sorted by key: the order they are locked in."""
+    names = (*key_names, *value_names)
+    return [
+        dict(zip(names, (*key, *values), strict=True))
+        for key, values in sorted(deltas, key=lambda kv: tuple(map(str, kv[0])))
+        if any(values)
+    ]
 
 
 Tier = tuple[Table, tuple[str, ...], tuple[str, ...], Iterable[tuple[tuple[Any, ...], list[int]]]]
@@ -259,12 +263,9 @@ def _upsert_all_pg(db: Session, tiers: list[Tier]) -> None:
     """
     params: dict[str, str] = {}
     for n, (_table, key_names, value_names, deltas) in enumerate(tiers):
-        rows = _rows(deltas)
+        rows = _rows(key_names, value_names, deltas)
         if rows:
-            names = (*key_names, *value_names)
-            params[f"t{n}"] = rows_json(
-                [dict(zip(names, (*key, *values), strict=True)) for key, values in rows]
-            )
+            params[f"t{n}"] = rows_json(rows)
     if params:
         shape = tuple((t, k, v) for n, (t, k, v, _) in enumerate(tiers) if f"t{n}" in params)
         db.execute(_pg_upsert_all(shape, tuple(params)), params)
@@ -281,30 +282,18 @@ def _pg_upsert_all(
     return text(f"WITH {', '.join(parts)} SELECT 1")
 
 
-def _upsert(
-    db: Session,
-    table: Table,
-    key_names: tuple[str, ...],
-    value_names: tuple[str, ...],
-    deltas: Iterable[tuple[tuple[Any, ...], list[int]]],
-) -> None:
-    rows = [
-        {**dict(zip(key_names, key, strict=True)), **dict(zip(value_names, values, strict=True))}
-        for key, values in _rows(deltas)
-    ]
-    if not rows:
-        return
-    db.execute(_upsert_statement(db.get_bind().dialect.name, table, key_names, value_names), rows)
+def _upsert_sqlite(db: Session, tier: Tier) -> None:
+    table, key_names, value_names, deltas = tier
+    rows = _rows(key_names, value_names, deltas)
+    if rows:
+        db.execute(_sqlite_upsert(table, key_names, value_names), rows)
 
 
 @functools.cache
-def _upsert_statement(
-    dialect: str, table: Table, key_names: tuple[str, ...], value_names: tuple[str, ...]
-) -> Any:
+def _sqlite_upsert(table: Table, key_names: tuple[str, ...], value_names: tuple[str, ...]) -> Any:
     """The tier's `INSERT … ON CONFLICT DO UPDATE SET v = v + excluded.v`, built once: building
     it (its `excluded` alias above all) cost more than executing it."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(table)
+    statement = sqlite_insert(table)
     return statement.on_conflict_do_update(
         index_elements=list(key_names),
         set_={name: table.c[name] + statement.excluded[name] for name in value_names},
