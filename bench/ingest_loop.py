@@ -1,0 +1,107 @@
+"""Ingestion without HTTP: `Ingestor.ingest` called in a loop on a fresh store, for profiling.
+
+    python bench/ingest_loop.py --store postgresql --shape events --batches 100
+    python bench/ingest_loop.py --store postgresql --shape otlp --batches 60
+    py-spy record -o profile.svg -- python bench/ingest_loop.py --store sqlite
+
+`--shape events` sends the ingest benchmark's batches of 1000 events; `--shape otlp` the OTLP
+benchmark's exports of 50 traces (500 spans), decoded and mapped as `/v1/traces` does. Prints
+wall time and this process's CPU per event (or span), and on PostgreSQL the server's CPU
+over the same loop (read from /proc: run it alone on the machine). The figures in
+bench/RESULTS.md that say "in-process loop" come from here, old and new code alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from common import create_pg_database
+from ingest_http import bodies
+from otlp_vs_phoenix import SPANS_PER_TRACE, TRACES_PER_EXPORT, USER, exports
+
+from taskmeter.identity import service
+from taskmeter.identity.principal import Principal
+from taskmeter.ingest.otlp import decode_request, spans_to_events
+from taskmeter.ingest.service import Ingestor
+from taskmeter.pricing.prices import PriceBook
+from taskmeter.store import Store
+from taskmeter.store.migrate import upgrade
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by every PostgreSQL process on this machine."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
+    parser.add_argument("--shape", choices=["events", "otlp"], default="events")
+    parser.add_argument("--batches", type=int, default=100)
+    args = parser.parse_args()
+
+    if args.store == "postgresql":
+        url, drop = create_pg_database()
+        url = url.replace("postgresql://", "postgresql+psycopg://")
+    else:
+        url, drop = f"sqlite:///{tempfile.mkdtemp(prefix='taskmeter-loop-')}/loop.db", None
+    store = Store(url)
+    upgrade(store.write_engine)
+    with store.write() as db:
+        service.create_user(db, USER)
+    ingestor = Ingestor(store, PriceBook(), credit_usd=Decimal(10), default_rate=Decimal("0.1"))
+    principal = Principal(via="api_key", key_id="loop", service_name="bench")
+
+    if args.shape == "events":
+        batches: list[bytes] = list(itertools.islice(bodies(1, USER, 1000), args.batches))
+        units, unit = args.batches * 1000, "event"
+    else:
+        batches = exports(args.batches * TRACES_PER_EXPORT, seed=1)
+        units, unit = args.batches * TRACES_PER_EXPORT * SPANS_PER_TRACE, "span"
+
+    def ingest(body: bytes) -> Any:
+        if args.shape == "events":
+            # As `POST /api/v1/usage/events` does: no `\u0000` escape, no NUL to look for.
+            nul_free = b"\\u0000" not in body
+            return ingestor.ingest(principal, orjson.loads(body)["events"], nul_free=nul_free)
+        export, _ = decode_request(body, "application/x-protobuf", None)
+        return ingestor.ingest(principal, spans_to_events(export).events)
+
+    server_before = postgres_cpu_s()
+    began, cpu_began = time.perf_counter(), time.process_time()
+    for body in batches:
+        result = ingest(body)
+        assert not result.rejected, result.rejected[:2]
+    wall = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
+    server = postgres_cpu_s() - server_before
+    figures = f"wall {wall / units * 1e6:.1f} µs, this process {cpu / units * 1e6:.1f} µs"
+    if args.store == "postgresql":
+        figures += f", PostgreSQL {server / units * 1e6:.1f} µs"
+    print(f"{units:,} {unit}s on {args.store}: {figures} per {unit}; {units / wall:,.0f} {unit}s/s")
+    store.dispose()
+    if drop:
+        drop()
+
+
+if __name__ == "__main__":
+    main()
