@@ -27,6 +27,7 @@ from common import create_pg_database
 from ingest_http import bodies
 from otlp_vs_phoenix import SPANS_PER_TRACE, TRACES_PER_EXPORT, USER, exports
 
+from taskmeter.heap import settle_heap
 from taskmeter.identity import service
 from taskmeter.identity.principal import Principal
 from taskmeter.ingest.otlp import decode_request, spans_to_events
@@ -43,7 +44,8 @@ def postgres_cpu_s() -> float:
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            # The server's processes by name: this one's command line says "postgresql" too.
+            if Path(f"/proc/{pid}/comm").read_bytes() != b"postgres\n":
                 continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -86,6 +88,7 @@ def main() -> None:
         export, _ = decode_request(body, "application/x-protobuf", None)
         return ingestor.ingest(principal, spans_to_events(export).events)
 
+    settle_heap()  # as `serve` does once started
     server_before = postgres_cpu_s()
     began, cpu_began = time.perf_counter(), time.process_time()
     for body in batches:

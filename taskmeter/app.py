@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from taskmeter.errors import (
     install_error_handlers,
 )
 from taskmeter.guards import HeaderSizeLimit
+from taskmeter.heap import settle_heap
 from taskmeter.identity.endpoints import router as identity_router
 from taskmeter.identity.jwt import JwtVerifier
 from taskmeter.identity.limits import FailedAuthLimiter
@@ -87,13 +87,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(upgrade, store.write_engine)
-        # What startup built (modules, schemas, price tables) lives as long as the process:
-        # frozen, it is no longer rescanned by every full collection, and young collections
-        # run every 50,000 allocations instead of 700 (a page of rows allocates far more).
-        # Together they took the list endpoints' p99 from ~110 ms to ~30 ms (bench/query.py).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
+        settle_heap()
         sweeper = asyncio.create_task(
             run_sweeper(store, settings.stream_timeout_s, settings.sweep_interval_s)
         )
