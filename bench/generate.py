@@ -66,6 +66,7 @@ CREDIT_USD = Decimal("10")
 DEFAULT_RATE = Decimal("0.1")
 YEAR_S = 365 * 24 * 3600
 EVENT_IDS = [f"t{k}" for k in range(200)]
+UNTIL = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 class Organisation:
@@ -343,67 +344,59 @@ def load(
             rollups.write(db)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", choices=["sqlite", "postgresql"], required=True)
-    parser.add_argument("--streams", type=int, default=1_000_000)
-    parser.add_argument("--path", type=Path, help="SQLite file (default bench/.data/<n>.db)")
-    parser.add_argument("--database", help="PostgreSQL database name (replaced if it exists)")
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--chunk", type=int, default=10_000, help="streams per transaction")
-    parser.add_argument("--workers", type=int, default=2, help="processes building rows")
-    parser.add_argument("--until", default="2026-11-01T00:00:00+00:00")
-    args = parser.parse_args()
-
-    data = Path(__file__).parent / ".data"
-    data.mkdir(exist_ok=True)
-    label = f"{args.store}-{args.streams}"
-    if args.store == "sqlite":
-        path = args.path or data / f"{args.streams}.db"
-        path.unlink(missing_ok=True)
-        url = f"sqlite:///{path.resolve()}"
-    else:
-        url, _ = create_pg_database(args.database or f"taskmeter_bench_{args.streams}")
+def generate(
+    url: str,
+    streams: int,
+    *,
+    seed: int = 2026,
+    chunk: int = 10_000,
+    workers: int = 2,
+    until: datetime = UNTIL,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load `streams` streams into the store at `url` (migrated here if need be); return
+    what the query benchmark needs to know of them (the manifest, less where it lives)."""
     store = Store(normalise_database_url(url))
     upgrade(store.write_engine)
-    rng = random.Random(args.seed)
-    until = datetime.fromisoformat(args.until).astimezone(UTC)
+    rng = random.Random(seed)
     began = time.monotonic()
     with store.write() as db:
-        org = Organisation(db, rng, max(100, args.streams // 200), until - timedelta(days=400))
+        org = Organisation(db, rng, max(100, streams // 200), until - timedelta(days=400))
         admin_key = service.create_key(db, email="admin@bench.example").plaintext
         solo_key = service.create_key(db, email="solo@bench.example").plaintext
     samples: dict[str, str] = {}
     made = tasks_made = 0
     specs = [
-        (n, min(args.chunk, args.streams - start), args.seed, until, org, store.dialect)
-        for n, start in enumerate(range(0, args.streams, args.chunk))
+        (n, min(chunk, streams - start), seed, until, org, store.dialect)
+        for n, start in enumerate(range(0, streams, chunk))
     ]
     settle_heap()
     worker_url = store.url if store.dialect == "postgresql" else None
     store.dispose()  # no pooled connection for the forked workers to inherit
     context = multiprocessing.get_context("fork")
-    with context.Pool(args.workers, start_worker, (worker_url,)) as pool:
+    with context.Pool(workers, start_worker, (worker_url,)) as pool:
         # A bounded number of chunks in flight: built rows must not pile up in memory.
         pending: deque[Any] = deque()
         queued = iter(specs)
-        for spec in itertools.islice(queued, args.workers * 2):
+        for spec in itertools.islice(queued, workers * 2):
             pending.append(pool.apply_async(build_and_load, (spec,)))
         while pending:
-            chunk = pending.popleft().get()
+            built = pending.popleft().get()
             for spec in itertools.islice(queued, 1):
                 pending.append(pool.apply_async(build_and_load, (spec,)))
             if worker_url is None:
-                load(store, chunk.streams, chunk.tasks, chunk.rollups)
-            made += chunk.stream_count
-            tasks_made += chunk.tasks_made
-            for scope, task_id in chunk.samples.items():
+                load(store, built.streams, built.tasks, built.rollups)
+            made += built.stream_count
+            tasks_made += built.tasks_made
+            for scope, task_id in built.samples.items():
                 samples.setdefault(scope, task_id)
-            elapsed = time.monotonic() - began
-            print(
-                f"{made:>11,} streams  {tasks_made:>10,} tasks  {made / elapsed:,.0f} streams/s",
-                flush=True,
-            )
+            if progress:
+                elapsed = time.monotonic() - began
+                print(
+                    f"{made:>11,} streams  {tasks_made:>10,} tasks  "
+                    f"{made / elapsed:,.0f} streams/s",
+                    flush=True,
+                )
     with store.write() as db:
         rebuild_coarse_tiers(db)
     # What autovacuum would have done by now on a live store: statistics for the planner and,
@@ -414,28 +407,59 @@ def main() -> None:
     else:
         with store.write() as db:
             db.connection().exec_driver_sql("ANALYZE")
-    elapsed = time.monotonic() - began
-    manifest = {
-        "store": args.store,
+    store.dispose()
+    return {
+        "store": store.dialect,
         "url": url,
         "streams": made,
         "tasks": tasks_made,
         "users": len(org.owners),
         "teams": org.teams,
-        "seed": args.seed,
+        "seed": seed,
         "until": until.isoformat(),
         "admin_key": admin_key,
         "solo_key": solo_key,
         "admin_task": samples.get(org.large_team_scope),
         "solo_task": samples.get(org.solo_scope),
-        "seconds": round(elapsed, 1),
+        "seconds": round(time.monotonic() - began, 1),
     }
-    out = data / f"{label}.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], required=True)
+    parser.add_argument("--streams", type=int, default=1_000_000)
+    parser.add_argument("--path", type=Path, help="SQLite file (default bench/.data/<n>.db)")
+    parser.add_argument("--database", help="PostgreSQL database name (replaced if it exists)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--chunk", type=int, default=10_000, help="streams per transaction")
+    parser.add_argument("--workers", type=int, default=2, help="processes building rows")
+    parser.add_argument("--until", default=UNTIL.isoformat())
+    args = parser.parse_args()
+
+    data = Path(__file__).parent / ".data"
+    data.mkdir(exist_ok=True)
+    if args.store == "sqlite":
+        path = args.path or data / f"{args.streams}.db"
+        path.unlink(missing_ok=True)
+        url = f"sqlite:///{path.resolve()}"
+    else:
+        url, _ = create_pg_database(args.database or f"taskmeter_bench_{args.streams}")
+    manifest = generate(
+        url,
+        args.streams,
+        seed=args.seed,
+        chunk=args.chunk,
+        workers=args.workers,
+        until=datetime.fromisoformat(args.until).astimezone(UTC),
+    )
+    out = data / f"{args.store}-{args.streams}.json"
     out.write_text(json.dumps(manifest, indent=2))
+    made, seconds = manifest["streams"], manifest["seconds"]
     print(
-        f"loaded {made:,} streams and {tasks_made:,} tasks for {len(org.owners):,} users in "
-        f"{org.teams:,} teams in {elapsed:,.0f} s ({made / elapsed:,.0f} streams/s); "
-        f"manifest {out}"
+        f"loaded {made:,} streams and {manifest['tasks']:,} tasks for {manifest['users']:,} "
+        f"users in {manifest['teams']:,} teams in {seconds:,.0f} s "
+        f"({made / seconds:,.0f} streams/s); manifest {out}"
     )
 
 
