@@ -42,7 +42,9 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_store(request: Request) -> Store:
+# Dependencies that do no I/O are coroutines: FastAPI runs a plain function in the thread
+# pool, a hand-off to another thread and back on every request.
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
@@ -77,7 +79,7 @@ def get_principal(
     return principal
 
 
-def get_scope(principal: Annotated[Principal, Depends(get_principal)]) -> Scope:
+async def get_scope(principal: Annotated[Principal, Depends(get_principal)]) -> Scope:
     return read_scope(principal)
 
 

@@ -11,17 +11,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 from taskmeter.config import normalise_database_url
 from taskmeter.errors import store_fault
 from taskmeter.ingest.service import append_events, insert_streams, new_stream, write_streams
 from taskmeter.store import Store
+from taskmeter.store.engine import one_snapshot
 from taskmeter.store.migrate import alembic_config, upgrade
 from taskmeter.store.tables import STREAM_COLUMNS, Base, Stream, StreamRow, UsageEvent, User
 from tests.conftest import PG_ADMIN_URL, STORES
@@ -92,6 +94,47 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
 
 def test_store_answers_ping(store: Store) -> None:
     store.ping()
+
+
+def _add_user(store: Store, email: str) -> None:
+    with store.write() as db:
+        db.add(User(email=email, created_at=datetime.now(UTC)))
+
+
+def test_a_read_asking_for_one_snapshot_sees_no_later_commit(store: Store) -> None:
+    """A summary's statements must agree with each other while ingestion commits between them."""
+    count = select(func.count()).select_from(User)
+    _add_user(store, "before@example.com")
+    with store.read() as db:
+        one_snapshot(db)
+        assert db.scalar(count) == 1
+        _add_user(store, "meanwhile@example.com")
+        assert db.scalar(count) == 1
+    with store.read() as db:
+        assert db.scalar(count) == 2
+
+
+@pytest.mark.skipif("postgresql" not in STORES, reason="PostgreSQL not among the test stores")
+def test_postgresql_reads_hold_no_transaction(store: Store) -> None:
+    """Plain reads autocommit (no BEGIN and ROLLBACK round trips), and see each commit at once."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite reads are deferred transactions (snapshots in WAL mode)")
+    count = select(func.count()).select_from(User)
+    with store.read() as db:
+        assert db.scalar(count) == 0
+        raw = db.connection().connection.driver_connection
+        assert raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        _add_user(store, "meanwhile@example.com")
+        assert db.scalar(count) == 1
+    with store.read() as db:
+        one_snapshot(db)
+        db.scalar(count)
+        raw = db.connection().connection.driver_connection
+        assert raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    with store.read() as db:  # the pooled connection is back to autocommit
+        db.scalar(count)
+        raw = db.connection().connection.driver_connection
+        assert raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def test_upgrade_renders_the_tasks_stored_before_0005(empty_url: str) -> None:

@@ -4,7 +4,8 @@ SQLite allows one writer at a time. A write transaction that starts as a reader 
 upgrades fails with "database is locked" instead of waiting, so on SQLite writes go through
 their own engine whose transactions begin with ``BEGIN IMMEDIATE`` (they queue on the busy
 timeout), while reads use plain deferred transactions that never block behind a writer in
-WAL mode. On PostgreSQL both are the same engine.
+WAL mode. On PostgreSQL reads autocommit (each statement its own snapshot) unless a session
+asks for one snapshot (`one_snapshot`); writes prepare nothing (see below).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from taskmeter import jsonio
 from taskmeter.config import Settings
 
-__all__ = ["Store"]
+__all__ = ["Store", "one_snapshot"]
 
 # JSON columns (task rows, event payloads) through orjson, on both stores.
 JSON_CODEC: dict[str, Any] = {"json_serializer": jsonio.dumps, "json_deserializer": jsonio.loads}
@@ -56,6 +57,14 @@ def _sqlite_engine(url: str, *, immediate: bool, busy_timeout_ms: int) -> Engine
     return engine
 
 
+def one_snapshot(db: Session) -> None:
+    """Make read session `db` one repeatable-read transaction, so that all its statements see
+    the same committed data (call it before the first). SQLite's read transactions are
+    snapshots already."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
 class Store:
     """The database behind the service: one URL, a read path and a write path."""
 
@@ -82,7 +91,12 @@ class Store:
                 "pool_pre_ping": True,
                 "pool_timeout": 5,
             }
-            self.read_engine = create_engine(url, **pool, **JSON_CODEC)
+            # Reads run outside transactions: under READ COMMITTED each statement took its own
+            # snapshot anyway, and a session spares the BEGIN and ROLLBACK round trips. A read
+            # that needs one snapshot for several statements asks for it (`one_snapshot`).
+            self.read_engine = create_engine(
+                url, **pool, isolation_level="AUTOCOMMIT", **JSON_CODEC
+            )
             # Writes are planned afresh every time: psycopg prepares a statement on its fifth
             # run, and PostgreSQL then keeps one generic plan for it, made while the tables
             # were as they were then. On a fresh store that was a plan for tiny, unanalyzed

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from taskmeter.errors import BadRequest
 from taskmeter.identity.principal import Scope
 from taskmeter.pricing.credits import credits_from_nano
+from taskmeter.store.engine import one_snapshot
 from taskmeter.store.tables import (
     CreditGrant,
     OwnerMonth,
@@ -478,6 +479,9 @@ class _Summary:
 
 
 def summarise(db: Session, scope: Scope, query: SummaryQuery) -> dict[str, Any]:
+    # One snapshot for every figure of the answer: its breakdowns add up to its totals even
+    # while ingestion commits between its statements.
+    one_snapshot(db)
     if db.get_bind().dialect.name == "postgresql":
         # The planner expects a group per rollup row, so with the default 4 MB it sorts a
         # large team's year on disk; with room it hashes the few hundred groups in memory
