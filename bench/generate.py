@@ -220,14 +220,26 @@ def make_stream(
     return stream
 
 
+@dataclass
+class Chunk:
+    """A built chunk: its rows for the parent to load, or (loaded by the worker) none."""
+
+    stream_count: int
+    streams: list[tuple[Any, ...]]
+    tasks: list[tuple[Any, ...]]
+    rollups: RollupDeltas | None
+    samples: dict[str, str]
+    tasks_made: int
+
+
 _WORKER_STORE: Store | None = None
 
 
 def start_worker(url: str | None) -> None:
-    """A building process: the service's collector settings and, on PostgreSQL, its own
-    connection to load what it builds."""
+    """A building process, forked after the parent settled its heap (the collector's settings
+    and frozen objects come with the fork): on PostgreSQL, its own connection to load what it
+    builds."""
     global _WORKER_STORE
-    settle_heap()
     if url is not None:
         _WORKER_STORE = Store(url)
 
@@ -241,16 +253,6 @@ def build_and_load(spec: tuple[int, int, int, datetime, Organisation, str]) -> C
         return chunk
     load(_WORKER_STORE, chunk.streams, chunk.tasks, chunk.rollups)
     return Chunk(len(chunk.streams), [], [], None, chunk.samples, chunk.tasks_made)
-
-
-@dataclass
-class Chunk:
-    stream_count: int
-    streams: list[tuple[Any, ...]]
-    tasks: list[tuple[Any, ...]]
-    rollups: RollupDeltas | None
-    samples: dict[str, str]
-    tasks_made: int
 
 
 def build_chunk(spec: tuple[int, int, int, datetime, Organisation, str]) -> Chunk:
@@ -370,7 +372,7 @@ def generate(
         (n, min(chunk, streams - start), seed, until, org, store.dialect)
         for n, start in enumerate(range(0, streams, chunk))
     ]
-    settle_heap()
+    settle_heap()  # here, before the fork: the workers inherit it
     worker_url = store.url if store.dialect == "postgresql" else None
     store.dispose()  # no pooled connection for the forked workers to inherit
     context = multiprocessing.get_context("fork")

@@ -26,7 +26,6 @@ from taskmeter.store.tables import (
     MEMBERSHIPS,
     TEAMS,
     USERS,
-    ApiKey,
     Membership,
     Team,
     User,
@@ -200,7 +199,9 @@ def _by_api_key(store: Store, candidate: str) -> Principal:
     now = datetime.now(UTC)
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         with store.write() as db:
-            db.execute(update(ApiKey).where(ApiKey.id == principal.key_id).values(last_used_at=now))
+            db.execute(
+                update(API_KEYS).where(API_KEYS.c.id == principal.key_id).values(last_used_at=now)
+            )
     return principal
 
 

@@ -243,11 +243,11 @@ def _rows(
 ) -> list[dict[str, Any]]:
     """A tier's rows that change something, sorted by key: the order they are locked in."""
     names = (*key_names, *value_names)
-    return [
-        dict(zip(names, (*key, *values), strict=True))
-        for key, values in sorted(deltas, key=lambda kv: tuple(map(str, kv[0])))
-        if any(values)
-    ]
+    changed = sorted(
+        ((key, values) for key, values in deltas if any(values)),
+        key=lambda kv: tuple(map(str, kv[0])),
+    )
+    return [dict(zip(names, (*key, *values), strict=True)) for key, values in changed]
 
 
 Tier = tuple[Table, tuple[str, ...], tuple[str, ...], Iterable[tuple[tuple[Any, ...], list[int]]]]
