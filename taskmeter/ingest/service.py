@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from psycopg.types.json import set_json_dumps
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from taskmeter import jsonio
 from taskmeter.identity.principal import Principal, scope_key
 from taskmeter.identity.service import IdentityError, normalise_email
 from taskmeter.ingest.projection import apply_event, refresh_derived
@@ -51,6 +50,7 @@ from taskmeter.store.tables import (
     STREAM_COLUMNS,
     STREAMS,
     TASKS,
+    USAGE_EVENTS,
     USERS,
     AnyStream,
     StreamRow,
@@ -404,7 +404,7 @@ class _Reject(Exception):
 
 
 # Every column, in the table's order: what COPY writes and `_event_row` builds.
-EVENT_COLUMNS = tuple(c.name for c in UsageEvent.__table__.columns)
+EVENT_COLUMNS = tuple(c.name for c in USAGE_EVENTS.columns)
 # Stored in their own columns, so not again in the payload.
 _COLUMN_FIELDS = frozenset({"id", "type", "time", "stream_id", "task_id"})
 # Each type's payload fields, looked up once rather than filtered per event.
@@ -428,18 +428,6 @@ def _event_row(event: Event, cost_nano: int | None, now: datetime) -> tuple[Any,
     model = fields.get("model")
     return (event.stream_id, event.id, event.task_id, event.type, event.time, model, payload,
             cost_nano, now)  # fmt: skip
-
-
-# Their wire types for a binary COPY (a binary value must be of its column's type; text is
-# varchar's format too). Binary saved a fifth of COPY's time over text (bench/RESULTS.md).
-_EVENT_WIRE_TYPES = {
-    "stream_id": "uuid",
-    "time": "timestamptz",
-    "received_at": "timestamptz",
-    "payload": "jsonb",
-    "cost_nano": "int8",
-}
-EVENT_COPY_TYPES = tuple(_EVENT_WIRE_TYPES.get(name, "text") for name in EVENT_COLUMNS)
 
 
 assert EVENT_COLUMNS == (
@@ -488,16 +476,8 @@ def append_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
             ],
         )
         return
-    driver = db.connection().connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor:
-        set_json_dumps(jsonio.dump_bytes, cursor)
-        with cursor.copy(
-            f"COPY usage_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(EVENT_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+    # Binary COPY saved a fifth of COPY's time over text (bench/RESULTS.md).
+    bulk.copy_rows(db, USAGE_EVENTS, rows)
 
 
 def new_stream(stream_id: uuid.UUID, task_id: str) -> StreamRow:
@@ -524,15 +504,18 @@ def insert_streams(db: Session, rows: Sequence[StreamRow]) -> None:
     caller's whole batch is retried (see `_clashed_on_stream`)."""
     if not rows:
         return
-    values = [_stream_values(row) for row in rows]
     if db.get_bind().dialect.name == "postgresql":
-        bulk.insert_rows(db, STREAMS, values)
+        bulk.copy_rows(db, STREAMS, map(_stream_tuple, rows))
     else:
-        db.execute(_STREAM_INSERT, values)
+        db.execute(_STREAM_INSERT, [_stream_values(row) for row in rows])
+
+
+# A stream row's values in the table's column order.
+_stream_tuple = operator.attrgetter(*STREAM_COLUMNS)
 
 
 def _stream_values(row: StreamRow) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in STREAM_COLUMNS}
+    return dict(zip(STREAM_COLUMNS, _stream_tuple(row), strict=True))
 
 
 def _clashed_on_stream(exc: IntegrityError) -> bool:

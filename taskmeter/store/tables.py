@@ -42,6 +42,7 @@ __all__ = [
     "STREAM_FIGURES",
     "TASKS",
     "TEAMS",
+    "USAGE_EVENTS",
     "USERS",
     "AnyStream",
     "ApiKey",
@@ -465,3 +466,4 @@ STREAMS = cast(Table, Stream.__table__)
 TASKS = cast(Table, Task.__table__)
 TEAMS = cast(Table, Team.__table__)
 USERS = cast(Table, User.__table__)
+USAGE_EVENTS = cast(Table, UsageEvent.__table__)

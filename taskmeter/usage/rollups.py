@@ -20,7 +20,7 @@ from sqlalchemy import Table, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from taskmeter.store.bulk import insert_sql, rows_json
+from taskmeter.store.bulk import insert_sql, rows_json, run
 from taskmeter.store.tables import (
     STREAM_FIGURES,
     AnyStream,
@@ -268,18 +268,18 @@ def _upsert_all_pg(db: Session, tiers: list[Tier]) -> None:
             params[f"t{n}"] = rows_json(rows)
     if params:
         shape = tuple((t, k, v) for n, (t, k, v, _) in enumerate(tiers) if f"t{n}" in params)
-        db.execute(_pg_upsert_all(shape, tuple(params)), params)
+        run(db, _pg_upsert_all(shape, tuple(params)), params)
 
 
 @functools.cache
 def _pg_upsert_all(
     tiers: tuple[tuple[Table, tuple[str, ...], tuple[str, ...]], ...], parameters: tuple[str, ...]
-) -> Any:
+) -> str:
     parts = [
         f"{p} AS ({insert_sql(table, (*keys, *values), conflict=keys, add=True, parameter=p)})"
         for p, (table, keys, values) in zip(parameters, tiers, strict=True)
     ]
-    return text(f"WITH {', '.join(parts)} SELECT 1")
+    return f"WITH {', '.join(parts)} SELECT 1"
 
 
 def _upsert_sqlite(db: Session, tier: Tier) -> None:
