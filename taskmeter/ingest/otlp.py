@@ -18,6 +18,7 @@ import json
 import uuid
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from taskmeter.errors import BadRequest, PayloadTooLarge
@@ -114,11 +115,7 @@ def encode_response(rejected_spans: int, message: str, encoding: str) -> tuple[b
     return response.SerializeToString(), "application/x-protobuf"
 
 
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind in ("string_value", "bool_value", "int_value", "double_value"):
-        return getattr(value, kind)
-    return None
+_SCALARS = frozenset({"string_value", "bool_value", "int_value", "double_value"})
 
 
 # Every attribute the mapping below reads. The others (prompt and completion contents among
@@ -146,13 +143,15 @@ READ_ATTRIBUTES = frozenset(
 )
 
 
-def _attributes(items: Any) -> dict[str, Any]:
+def _attributes(items: Iterable[KeyValue]) -> dict[str, Any]:
+    """The attributes the mapping reads, scalar values only (others read as None)."""
     attributes: dict[str, Any] = {}
     for item in items:
-        assert isinstance(item, KeyValue)
         key = item.key
         if key in READ_ATTRIBUTES:
-            attributes[key] = _value(item.value)
+            value = item.value
+            kind = value.WhichOneof("value")
+            attributes[key] = getattr(value, kind) if kind in _SCALARS else None
     return attributes
 
 
@@ -160,10 +159,6 @@ def _time(nanos: int) -> datetime:
     # A datetime, not its RFC 3339 text: the events' validation takes either, and parsing
     # the text back was a tenth of an export's mapping and validation.
     return datetime.fromtimestamp(nanos / 1e9, tz=UTC)
-
-
-def _ms(span: Span) -> int:
-    return max(0, (span.end_time_unix_nano - span.start_time_unix_nano) // 1_000_000)
 
 
 def _int(attributes: dict[str, Any], *names: str) -> int:
@@ -182,11 +177,20 @@ def _first(attributes: dict[str, Any], *names: str) -> Any:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _TraceSpan:
-    span: Span
+    """What the mapping reads of a span, read out of the decoded message once: every field
+    access on a protobuf message builds a Python object, and the mapping had read most
+    fields several times (mapping an export took longer than storing its events)."""
+
+    start: int
+    end: int
+    span_id: bytes
+    is_root: bool
+    name: str
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    span: Span  # for the root's status, read only there
 
 
 @dataclass(frozen=True)
@@ -202,19 +206,29 @@ def spans_to_events(request: ExportTraceServiceRequest) -> MappedEvents:
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 traces[span.trace_id].append(
-                    _TraceSpan(span, _attributes(span.attributes), resource)
+                    _TraceSpan(
+                        span.start_time_unix_nano,
+                        span.end_time_unix_nano,
+                        span.span_id,
+                        not span.parent_span_id,
+                        span.name,
+                        _attributes(span.attributes),
+                        resource,
+                        span,
+                    )
                 )
     events: list[dict[str, Any]] = []
     origins: list[str] = []
     for trace_id, spans in traces.items():
-        for event, origin in _trace_events(trace_id, spans):
-            events.append(event)
-            origins.append(origin)
+        _trace_events(trace_id, spans, events, origins)
     return MappedEvents(events, origins)
 
 
-def _trace_events(trace_id: bytes, spans: list[_TraceSpan]) -> list[tuple[dict[str, Any], str]]:
-    spans.sort(key=lambda s: (s.span.start_time_unix_nano, s.span.span_id))
+def _trace_events(
+    trace_id: bytes, spans: list[_TraceSpan], events: list[dict[str, Any]], origins: list[str]
+) -> None:
+    """Append the events of one trace's spans (and the span each came from)."""
+    spans.sort(key=lambda s: (s.start, s.span_id))
     every = [s.attributes for s in spans] + [spans[0].resource]
     task_id = next((str(a["taskmeter.task_id"]) for a in every if a.get("taskmeter.task_id")), None)
     task_id = (
@@ -237,30 +251,20 @@ def _trace_events(trace_id: bytes, spans: list[_TraceSpan]) -> list[tuple[dict[s
         stream_id = str(uuid.UUID(bytes=trace_id))
     except ValueError:
         stream_id = trace_id.hex()  # not 16 bytes: the event is rejected as invalid
-    out: list[tuple[dict[str, Any], str]] = []
+
+    def event(kind: str, event_id: str, nanos: int, span_hex: str, fields: dict[str, Any]) -> None:
+        fields.update(
+            id=event_id, type=kind, time=_time(nanos), stream_id=stream_id, task_id=task_id
+        )
+        events.append(fields)
+        origins.append(span_hex)
+
     for item in spans:
-        span, a = item.span, item.attributes
-        span_hex = span.span_id.hex()
-
-        def event(
-            kind: str, suffix: str, nanos: int, span_hex: str = span_hex, **fields: Any
-        ) -> None:
-            out.append(
-                (
-                    {
-                        "id": f"{span_hex}.{suffix}",
-                        "type": kind,
-                        "time": _time(nanos),
-                        "stream_id": stream_id,
-                        "task_id": task_id,
-                        **fields,
-                    },
-                    span_hex,
-                )
-            )
-
+        a = item.attributes
+        span_hex = item.span_id.hex()
+        ms = max(0, (item.end - item.start) // 1_000_000)
         operation = a.get("gen_ai.operation.name")
-        if not span.parent_span_id:
+        if item.is_root:
             started: dict[str, Any] = {}
             if owner:
                 started["user"] = owner
@@ -268,22 +272,24 @@ def _trace_events(trace_id: bytes, spans: list[_TraceSpan]) -> list[tuple[dict[s
                 started["task_title"] = str(a["taskmeter.task_title"])
             if isinstance(a.get("taskmeter.is_byok"), bool):
                 started["is_byok"] = a["taskmeter.is_byok"]
-            event("stream.started", "start", span.start_time_unix_nano, **started)
-            failed = span.status.code == Status.STATUS_CODE_ERROR
+            event("stream.started", f"{span_hex}.start", item.start, span_hex, started)
+            status = item.span.status
+            failed = status.code == Status.STATUS_CODE_ERROR
             finished: dict[str, Any] = {"status": "error" if failed else "completed"}
             if failed:
-                finished["error_message"] = span.status.message or "span ended with an error"
-            event("stream.finished", "finish", span.end_time_unix_nano, **finished)
+                finished["error_message"] = status.message or "span ended with an error"
+            event("stream.finished", f"{span_hex}.finish", item.end, span_hex, finished)
         elif operation == "invoke_agent":
-            name = _first(a, "gen_ai.agent.name") or span.name.removeprefix("invoke_agent ")
-            event("agent.triggered", "agent", span.start_time_unix_nano, agent_name=str(name))
+            name = _first(a, "gen_ai.agent.name") or item.name.removeprefix("invoke_agent ")
+            agent = {"agent_name": str(name)}
+            event("agent.triggered", f"{span_hex}.agent", item.start, span_hex, agent)
         if operation in LLM_OPERATIONS:
             call: dict[str, Any] = {
                 "input_tokens": _int(a, "gen_ai.usage.input_tokens"),
                 "output_tokens": _int(a, "gen_ai.usage.output_tokens"),
                 "cache_read_tokens": _int(a, "gen_ai.usage.cache_read.input_tokens"),
                 "cache_write_tokens": _int(a, "gen_ai.usage.cache_creation.input_tokens"),
-                "duration_ms": _ms(span),
+                "duration_ms": ms,
             }
             model = _first(a, "gen_ai.response.model", "gen_ai.request.model")
             provider = _first(a, "gen_ai.provider.name", "gen_ai.system")
@@ -291,15 +297,10 @@ def _trace_events(trace_id: bytes, spans: list[_TraceSpan]) -> list[tuple[dict[s
                 call["model"] = str(model)
             if provider:
                 call["provider"] = str(provider)
-            event("llm.call", "llm", span.start_time_unix_nano, **call)
-            event("step.completed", "step", span.end_time_unix_nano, latency_ms=_ms(span))
+            event("llm.call", f"{span_hex}.llm", item.start, span_hex, call)
+            step = {"latency_ms": ms}
+            event("step.completed", f"{span_hex}.step", item.end, span_hex, step)
         elif operation == "execute_tool":
-            name = _first(a, "gen_ai.tool.name") or span.name.removeprefix("execute_tool ")
-            event(
-                "tool.call",
-                "tool",
-                span.start_time_unix_nano,
-                tool_name=str(name),
-                duration_ms=_ms(span),
-            )
-    return out
+            name = _first(a, "gen_ai.tool.name") or item.name.removeprefix("execute_tool ")
+            tool = {"tool_name": str(name), "duration_ms": ms}
+            event("tool.call", f"{span_hex}.tool", item.start, span_hex, tool)
