@@ -81,32 +81,35 @@ def run(db: Session, sql: str, params: Mapping[str, Any]) -> None:
         cursor.execute(sql, params)
 
 
+# Each column type's wire type in a binary COPY (a binary value must be of its column's
+# type; text is varchar's format too). The first match wins: a BigInteger is an Integer.
+_WIRE_TYPES: tuple[tuple[type[Any], str], ...] = (
+    (JSONDoc, "jsonb"),
+    (UTCDateTime, "timestamptz"),
+    (Uuid, "uuid"),
+    (BigInteger, "int8"),
+    (Integer, "int4"),
+    (Boolean, "bool"),
+    (String, "text"),
+    (DecimalText, "text"),
+)
+
+
+def _wire_type(column: Any) -> str:
+    for kind, wire in _WIRE_TYPES:
+        if isinstance(column.type, kind):
+            return wire
+    raise TypeError(f"{column}: no COPY wire type for {column.type!r}")
+
+
 @functools.cache
 def _copy_shape(table: Table) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
-    """The table's binary COPY statement, each column's wire type (a binary value must be of
-    its column's type; text is varchar's format too), and which columns hold decimals as text."""
-    wire: list[str] = []
-    for column in table.columns:
-        kind = column.type
-        if isinstance(kind, JSONDoc):
-            wire.append("jsonb")
-        elif isinstance(kind, UTCDateTime):
-            wire.append("timestamptz")
-        elif isinstance(kind, Uuid):
-            wire.append("uuid")
-        elif isinstance(kind, BigInteger):
-            wire.append("int8")
-        elif isinstance(kind, Integer):
-            wire.append("int4")
-        elif isinstance(kind, Boolean):
-            wire.append("bool")
-        elif isinstance(kind, String | DecimalText):
-            wire.append("text")
-        else:
-            raise TypeError(f"{table.name}.{column.name}: no COPY wire type for {kind!r}")
+    """The table's binary COPY statement, its columns' wire types, and which columns hold
+    decimals as text."""
+    wire = tuple(_wire_type(column) for column in table.columns)
     names = ", ".join(c.name for c in table.columns)
     decimals = tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, DecimalText))
-    return f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)", tuple(wire), decimals
+    return f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)", wire, decimals
 
 
 def copy_rows(db: Session, table: Table, rows: Iterable[Sequence[Any]]) -> None:
