@@ -17,10 +17,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, func, inspect, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from taskmeter.config import normalise_database_url
-from taskmeter.errors import store_fault
+from taskmeter.errors import UNAVAILABLE, store_fault
 from taskmeter.ingest.service import append_events, insert_streams, new_stream, write_streams
 from taskmeter.store import Store
 from taskmeter.store.engine import one_snapshot
@@ -332,8 +332,9 @@ def test_upgrade_keeps_the_events_stored_before_0006(empty_url: str) -> None:
 
 
 def test_stream_rows_written_in_bulk_read_back_exactly(store: Store) -> None:
-    """Ingestion writes many stream rows per statement (on PostgreSQL as one JSON parameter):
-    every column comes back as written, awkward values included."""
+    """Ingestion writes many stream rows per statement (on PostgreSQL, new ones by binary COPY
+    and updates as one JSON parameter): every column comes back as written, awkward values
+    included."""
 
     def awkward(n: int) -> StreamRow:
         row = new_stream(uuid.uuid4(), f'task "{n}" \\ ünï ✓')
@@ -370,6 +371,29 @@ def test_stream_rows_written_in_bulk_read_back_exactly(store: Store) -> None:
                 continue  # not updated
             assert getattr(back, name) == expected, name
     assert stored[rows[2].stream_id].step_count == 0
+
+
+def test_writes_sent_to_psycopg_fail_as_the_stores_errors(store: Store) -> None:
+    """Writes that skip SQLAlchemy (COPY, result-less statements) fail with SQLAlchemy's errors
+    like every other statement: a stream inserted twice is an IntegrityError (ingestion retries
+    the batch), and a connection lost mid-write is the store being unavailable (a 503 with our
+    words), not a bug (a 500)."""
+    if store.dialect != "postgresql":
+        pytest.skip("the psycopg path is PostgreSQL's")
+    row = new_stream(uuid.uuid4(), "task-twice")
+    with store.write() as db:
+        insert_streams(db, [row])
+    with pytest.raises(IntegrityError), store.write() as db:
+        insert_streams(db, [row])
+
+    with pytest.raises(OperationalError) as lost, store.write() as db:
+        backend = db.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with store.read_engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        write_streams(db, [row])
+    assert store_fault(lost.value) == UNAVAILABLE
+    with store.write() as db:  # the pool hands out a live connection again
+        write_streams(db, [row])
 
 
 def test_events_appended_in_bulk_read_back_exactly(store: Store) -> None:
