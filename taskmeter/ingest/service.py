@@ -496,6 +496,8 @@ def new_stream(stream_id: uuid.UUID, task_id: str) -> StreamRow:
 
 
 _STREAM_INSERT = STREAMS.insert()
+# A stream row's values in the table's column order.
+_stream_tuple = operator.attrgetter(*STREAM_COLUMNS)
 
 
 def insert_streams(db: Session, rows: Sequence[StreamRow]) -> None:
@@ -508,10 +510,6 @@ def insert_streams(db: Session, rows: Sequence[StreamRow]) -> None:
         bulk.copy_rows(db, STREAMS, map(_stream_tuple, rows))
     else:
         db.execute(_STREAM_INSERT, [_stream_values(row) for row in rows])
-
-
-# A stream row's values in the table's column order.
-_stream_tuple = operator.attrgetter(*STREAM_COLUMNS)
 
 
 def _stream_values(row: StreamRow) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Many rows in one PostgreSQL statement: the rows passed as one JSON array of objects.
+"""Many rows in one PostgreSQL statement: new rows by binary COPY (`copy_rows`), upserts and
+updates from one JSON array of objects (`insert_rows`, `update_rows`).
 
 An executemany sends the statement once per row, and PostgreSQL parses and plans every one
 of them afresh (the write engine prepares nothing, see `Store`): for an OTLP export's 50 new
@@ -7,13 +8,15 @@ its rows from one JSON parameter (`json_populate_recordset`, typed by the table'
 type) is parsed and planned once, whatever the row count. JSON rather than one array per
 column: psycopg escapes text arrays element by element in Python, which for the rows' JSON
 documents cost more than the planning saved; orjson writes the whole batch in one call.
+Plain inserts go by COPY instead, which takes no conflict clause but parses nothing except
+the JSON documents (the JSON parameter is parsed whole, then every document in it again).
 
-Values are what the columns hold: JSON documents as they are, instants as RFC 3339 with
-their offset, UUIDs and decimals as strings.
+JSON values are what the columns hold: JSON documents as they are, instants as RFC 3339
+with their offset, UUIDs and decimals as strings.
 
-These statements return nothing, so they go to psycopg on the session's own connection
-(`run`): SQLAlchemy's execution path (its statement cache lookup, execution context and
-result set-up) cost more Python than psycopg's whole execute for them.
+None of these statements returns rows, so they go to psycopg on the session's own
+connection (`driver_cursor`): SQLAlchemy's execution path (its statement cache lookup,
+execution context and result set-up) cost more Python than psycopg's whole execute for them.
 """
 
 from __future__ import annotations
@@ -26,12 +29,10 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import set_json_dumps
 from sqlalchemy import BigInteger, Boolean, Integer, String, Table, Uuid
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from taskmeter import jsonio
 from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
 
 __all__ = [
@@ -62,14 +63,14 @@ def _source(table: Table, parameter: str) -> str:
 
 @contextlib.contextmanager
 def driver_cursor(db: Session, statement: str) -> Iterator[psycopg.Cursor[Any]]:
-    """A psycopg cursor on the connection of the session's transaction. psycopg's errors
+    """A psycopg cursor on the connection of the session's transaction (the write engine's
+    connections dump JSON with orjson, see `Store`). psycopg's errors
     leave it as SQLAlchemy's (an IntegrityError is one whatever path raised it), so callers
     and the app's handlers see one kind of error."""
     driver = db.connection().connection.driver_connection
     assert driver is not None
     try:
         with driver.cursor() as cursor:
-            set_json_dumps(jsonio.dump_bytes, cursor)
             yield cursor
     except psycopg.Error as exc:
         raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
@@ -118,15 +119,20 @@ def copy_rows(db: Session, table: Table, rows: Iterable[Sequence[Any]]) -> None:
     whole and every document in it a second time (for an OTLP export's 50 new streams, two
     thirds of their insert)."""
     statement, wire, decimals = _copy_shape(table)
+    if decimals:
+        rows = (_decimals_as_text(row, decimals) for row in rows)
     with driver_cursor(db, statement) as cursor, cursor.copy(statement) as copy:
         copy.set_types(wire)
         for row in rows:
-            if decimals:
-                row = list(row)
-                for i in decimals:
-                    if row[i] is not None:
-                        row[i] = str(row[i])
             copy.write_row(row)
+
+
+def _decimals_as_text(row: Sequence[Any], decimals: tuple[int, ...]) -> list[Any]:
+    values = list(row)
+    for i in decimals:
+        if values[i] is not None:
+            values[i] = str(values[i])
+    return values
 
 
 @functools.cache

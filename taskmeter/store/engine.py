@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from psycopg.types.json import set_json_dumps
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -106,6 +107,14 @@ class Store:
             self.write_engine = create_engine(
                 url, **pool, connect_args={"prepare_threshold": None}, **JSON_CODEC
             )
+
+            @event.listens_for(self.write_engine, "connect")
+            def _json_through_orjson(dbapi_connection: Any, _record: Any) -> None:
+                # What psycopg adapts itself (jsonb values in COPY, `store/bulk.py`) goes
+                # through orjson too. Once a connection: set on a cursor, it builds four
+                # dumper classes every time.
+                set_json_dumps(jsonio.dump_bytes, dbapi_connection)
+
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
         self._writer = sessionmaker(self.write_engine, expire_on_commit=False)
 
