@@ -43,10 +43,17 @@ from taskmeter.heap import settle_heap
 from taskmeter.identity import service
 from taskmeter.ingest.projection import refresh_derived
 from taskmeter.pricing.prices import CallTokens, PriceBook, usd_to_nano_credits
-from taskmeter.store import Store
+from taskmeter.store import Store, bulk
 from taskmeter.store.migrate import upgrade
-from taskmeter.store.tables import STREAM_COLUMNS, Membership, Stream, StreamRow, Task, Team, User
-from taskmeter.store.types import JSONDoc
+from taskmeter.store.tables import (
+    STREAM_COLUMNS,
+    STREAMS,
+    TASKS,
+    Membership,
+    StreamRow,
+    Team,
+    User,
+)
 from taskmeter.usage.figures import stream_figures, task_figures, task_row_values
 from taskmeter.usage.rollups import (
     RollupDeltas,
@@ -290,8 +297,8 @@ def build_chunk(spec: tuple[int, int, int, datetime, Organisation, str]) -> Chun
         samples.setdefault(owner[2], task_id)
     return Chunk(
         len(streams),
-        storable(Stream.__table__, streams, dialect),
-        storable(Task.__table__, tasks, dialect),
+        storable(STREAMS, streams, dialect),
+        storable(TASKS, tasks, dialect),
         rollups,
         samples,
         tasks_made,
@@ -302,12 +309,8 @@ def storable(table: Any, rows: list[dict[str, Any]], dialect: str) -> list[tuple
     """Rows as the database driver takes them, converted here (in the worker processes) by
     the columns' own SQLAlchemy bind processors, so the loader only ships them."""
     columns = [c.key for c in table.columns]
-    if dialect == "postgresql":  # COPY adapts Python values; JSON goes as text
-        json_columns = {c.key for c in table.columns if isinstance(c.type, JSONDoc)}
-        return [
-            tuple(jsonio.dumps(r[c]) if c in json_columns else r.get(c) for c in columns)
-            for r in rows
-        ]
+    if dialect == "postgresql":  # the service's binary COPY adapts Python values itself
+        return [tuple(r.get(c) for c in columns) for r in rows]
     sqlite = sqlite_dialect(json_serializer=jsonio.dumps)
     processors = [table.c[c].type._cached_bind_processor(sqlite) for c in columns]
     return [
@@ -325,23 +328,20 @@ def load(
     tasks: list[tuple[Any, ...]],
     rollups: RollupDeltas | None,
 ) -> None:
-    """One transaction: COPY on PostgreSQL, a prepared executemany on SQLite; the rollups'
-    upserts last, sorted by key as the service issues them (loaders cannot deadlock)."""
+    """One transaction: the service's binary COPY on PostgreSQL, a prepared executemany on
+    SQLite; the rollups' upserts last, sorted by key as the service issues them (loaders
+    cannot deadlock)."""
     with store.write() as db:
-        raw = db.connection().connection.driver_connection
-        for table, rows in ((Stream.__table__, streams), (Task.__table__, tasks)):
-            names = [c.name for c in table.columns]
+        for table, rows in ((STREAMS, streams), (TASKS, tasks)):
             if store.dialect == "postgresql":
-                with raw.cursor() as cursor:  # type: ignore[union-attr]
-                    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
-                    with cursor.copy(statement) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-            else:
-                marks = ", ".join("?" for _ in names)
-                raw.executemany(  # type: ignore[union-attr]
-                    f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", rows
-                )
+                bulk.copy_rows(db, table, rows)
+                continue
+            names = [c.name for c in table.columns]
+            marks = ", ".join("?" for _ in names)
+            raw = db.connection().connection.driver_connection
+            raw.executemany(  # type: ignore[union-attr]
+                f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", rows
+            )
         if rollups is not None:
             rollups.write(db)
 
