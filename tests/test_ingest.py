@@ -6,10 +6,12 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from taskmeter.identity import service
+from taskmeter.ingest import schemas
 from taskmeter.store import Store
 from taskmeter.store.tables import Stream, Task, UsageEvent
 from tests.events import StreamEvents
@@ -151,6 +153,29 @@ def test_rejections_land_the_rest_of_the_batch(
     answer = post(client, bob.key, [other.started(0, user="ada@example.com")])
     assert answer.json()["rejected"][0]["code"] == "forbidden_stream"
     assert event_count(store) == 3
+
+
+def test_stream_ids_are_validated_once_and_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch names few streams in many events: each id, as written, becomes its UUID once
+    and its events share that object. The ids kept are bounded; a bad id is still rejected."""
+    monkeypatch.setattr(schemas, "_STREAM_IDS", {})
+    monkeypatch.setattr(schemas, "_STREAM_IDS_KEPT", 3)
+    s = StreamEvents("task-A")
+    first, second = (schemas.parse_event(i, s.step(i)) for i in range(2))
+    assert isinstance(first, schemas.StepCompleted) and isinstance(second, schemas.StepCompleted)
+    assert first.stream_id is second.stream_id == uuid.UUID(s.stream_id)
+    shouted = schemas.parse_event(2, {**s.step(2), "stream_id": s.stream_id.upper()})
+    assert isinstance(shouted, schemas.StepCompleted) and shouted.stream_id == first.stream_id
+    for n in range(10):
+        other = StreamEvents(f"task-{n}")
+        parsed = schemas.parse_event(n, other.step(0))
+        assert isinstance(parsed, schemas.StepCompleted)
+        assert parsed.stream_id == uuid.UUID(other.stream_id)
+        assert len(schemas._STREAM_IDS) <= 3
+    bad = schemas.parse_event(0, {**s.step(3), "stream_id": "not-a-uuid"})
+    assert isinstance(bad, schemas.Rejection) and bad.code == "invalid_event"
+    assert "stream_id" in bad.message
+    assert "not-a-uuid" not in schemas._STREAM_IDS
 
 
 def test_a_lone_surrogate_or_nan_rejects_its_event_only(
