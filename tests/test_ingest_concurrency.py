@@ -14,8 +14,7 @@ import pytest
 from sqlalchemy import select, text
 
 from taskmeter.identity.principal import Principal
-from taskmeter.ingest.schemas import Event, Rejection, parse_event
-from taskmeter.ingest.service import Ingestor, IngestResult
+from taskmeter.ingest.service import Ingestor, IngestResult, parse_batch
 from taskmeter.pricing.prices import PriceBook
 from taskmeter.store import Store
 from taskmeter.store.tables import Stream
@@ -104,11 +103,8 @@ def test_a_batch_whose_new_stream_is_created_meanwhile_is_retried_whole(
     holding, release = threading.Event(), threading.Event()
 
     def first_batch_held_open() -> None:
-        parsed: list[tuple[int, Event]] = []
-        for index, raw in enumerate(opening):
-            event = parse_event(index, raw)
-            assert not isinstance(event, Rejection)
-            parsed.append((index, event))
+        parsed = parse_batch(opening, IngestResult())
+        assert sum(map(len, parsed.values())) == len(opening)
         with store.write() as db:
             ingestor._store(db, service, parsed, IngestResult())
             holding.set()

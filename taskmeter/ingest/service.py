@@ -1,6 +1,6 @@
 """Ingestion: a batch of raw events → validated → stored once → projected, in one transaction.
 
-    raw events ─ parse_event ─▶ Event | Rejection
+    raw events ─ parse_event ─▶ Event | Rejection, the valid ones grouped by stream
                ─ owners resolved (users, their team *now*, their BYOK rate)
                ─ streams locked (FOR UPDATE on PostgreSQL; SQLite's write lock is global),
                  the missing ones built in memory
@@ -75,6 +75,7 @@ __all__ = [
     "append_events",
     "insert_streams",
     "new_stream",
+    "parse_batch",
     "project_tasks",
     "write_streams",
 ]
@@ -157,8 +158,9 @@ _PG_STORED_PAIRS = text(
 )
 
 
-def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> set[tuple[uuid.UUID, str]]:
-    """Which of these (stream_id, event_id) pairs are stored already: one index probe a pair.
+def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> dict[uuid.UUID, set[str]]:
+    """Which of these (stream_id, event_id) pairs are stored already, by stream: one index
+    probe a pair.
 
     Matching `stream_id IN (…) AND event_id IN (…)` instead probes the unique index once per
     combination of the two lists (50 streams × 700 events = 35,000 probes for one OTLP
@@ -166,22 +168,27 @@ def _stored_pairs(db: Session, pairs: list[tuple[uuid.UUID, str]]) -> set[tuple[
     keeps PostgreSQL on the index whatever its statistics say: a plain join, planned while
     the table had never been analyzed, hashed the whole table for every batch.
     """
+    found: Iterable[tuple[uuid.UUID, str]]
     if db.get_bind().dialect.name == "postgresql":
-        rows = db.execute(
+        found = db.execute(
             _PG_STORED_PAIRS, {"sids": [s for s, _ in pairs], "eids": [e for _, e in pairs]}
         )
-        return {(sid, eid) for sid, eid in rows}
-    # SQLite scans the whole table for `(a, b) IN (VALUES …)`; joined from a VALUES list with
-    # CROSS JOIN (SQLite keeps that order), it searches the unique index once a pair.
-    # Stream ids are stored as 32 hex digits (SQLAlchemy's Uuid without a native type).
-    values = ", ".join(["(?, ?)"] * len(pairs))
-    found = db.connection().exec_driver_sql(
-        f"WITH k(stream_id, event_id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
-        "SELECT e.stream_id, e.event_id FROM k CROSS JOIN usage_events e "
-        "WHERE e.stream_id = k.stream_id AND e.event_id = k.event_id",
-        tuple(value for sid, eid in pairs for value in (sid.hex, eid)),
-    )
-    return {(uuid.UUID(hex=sid), eid) for sid, eid in found}
+    else:
+        # SQLite scans the whole table for `(a, b) IN (VALUES …)`; joined from a VALUES list
+        # with CROSS JOIN (SQLite keeps that order), it searches the unique index once a pair.
+        # Stream ids are stored as 32 hex digits (SQLAlchemy's Uuid without a native type).
+        values = ", ".join(["(?, ?)"] * len(pairs))
+        rows = db.connection().exec_driver_sql(
+            f"WITH k(stream_id, event_id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+            "SELECT e.stream_id, e.event_id FROM k CROSS JOIN usage_events e "
+            "WHERE e.stream_id = k.stream_id AND e.event_id = k.event_id",
+            tuple(value for sid, eid in pairs for value in (sid.hex, eid)),
+        )
+        found = ((uuid.UUID(hex=sid), eid) for sid, eid in rows)
+    stored: dict[uuid.UUID, set[str]] = {}
+    for sid, eid in found:
+        stored.setdefault(sid, set()).add(eid)
+    return stored
 
 
 # One primary-key probe a stream, locked in the order given (sorted: no two batches wait on
@@ -200,6 +207,32 @@ def _lock_streams(db: Session, ids: list[uuid.UUID]) -> Any:
         return db.execute(_PG_LOCK_STREAMS, {"ids": ids})
     # SQLite's write lock is the whole database's, taken when the transaction began.
     return db.execute(select(STREAMS).where(STREAMS.c.stream_id.in_(ids)))
+
+
+# A batch's valid events by stream, each stream's in batch order, keyed by event id.
+EventsByStream = dict[uuid.UUID, dict[str, tuple[int, Event]]]
+
+
+def parse_batch(
+    raw_events: Sequence[Any], result: IngestResult, *, nul_free: bool = False
+) -> EventsByStream:
+    """Validate a batch's events: rejections and repeats within the batch go to `result`,
+    the rest are grouped by stream (a UUID hashes in Python: once an event here, and the
+    store phase then works stream by stream)."""
+    by_stream: EventsByStream = {}
+    for index, raw in enumerate(raw_events):
+        parsed = parse_event(index, raw, nul_free=nul_free)
+        if isinstance(parsed, Rejection):
+            result.rejected.append(parsed)
+            continue
+        of_stream = by_stream.get(parsed.stream_id)
+        if of_stream is None:
+            of_stream = by_stream[parsed.stream_id] = {}
+        if parsed.id in of_stream:
+            result.duplicates += 1
+        else:
+            of_stream[parsed.id] = (index, parsed)
+    return by_stream
 
 
 class Ingestor:
@@ -235,24 +268,15 @@ class Ingestor:
         """Validate, store and project a batch. `nul_free`: the caller knows no string in
         these events holds a NUL character (see `parse_event`)."""
         result = IngestResult()
-        events: list[tuple[int, Event]] = []
-        seen: set[tuple[uuid.UUID, str]] = set()
-        for index, raw in enumerate(raw_events):
-            parsed = parse_event(index, raw, nul_free=nul_free)
-            if isinstance(parsed, Rejection):
-                result.rejected.append(parsed)
-            elif (parsed.stream_id, parsed.id) in seen:
-                result.duplicates += 1
-            else:
-                seen.add((parsed.stream_id, parsed.id))
-                events.append((index, parsed))
-        if not events:
+        by_stream = parse_batch(raw_events, result, nul_free=nul_free)
+        if not by_stream:
             return result
         for attempt in range(1, _ATTEMPTS + 1):
             outcome = IngestResult(result.accepted, result.duplicates, list(result.rejected))
             try:
                 with self.store.write() as db:
-                    self._store(db, principal, events, outcome)
+                    self._store(db, principal, by_stream, outcome)
+                outcome.rejected.sort(key=operator.attrgetter("index"))
                 return outcome
             except IntegrityError as exc:
                 if not _clashed_on_stream(exc):
@@ -280,63 +304,69 @@ class Ingestor:
         self,
         db: Session,
         principal: Principal,
-        events: list[tuple[int, Event]],
+        by_stream: EventsByStream,
         result: IngestResult,
     ) -> None:
         now = utc_now()
         emails = [
             e.user.strip().lower()
-            for _, e in events
+            for of_stream in by_stream.values()
+            for _, e in of_stream.values()
             if isinstance(e, StreamStarted) and e.user and principal.is_service
         ]
         if principal.email:
             emails.append(principal.email)
         owners = _owners(db, emails)
 
-        first_task: dict[uuid.UUID, str] = {}
-        for _, event in events:
-            first_task.setdefault(event.stream_id, event.task_id)
-        ids = sorted(first_task)
+        ids = sorted(by_stream)
         streams = {row.stream_id: row for row in map(StreamRow, _lock_streams(db, ids))}
         # Streams not stored yet are built here and inserted whole once projected: a
         # placeholder row inserted first and then updated had written every index twice.
-        new = {sid: new_stream(sid, first_task[sid]) for sid in ids if sid not in streams}
+        new = {
+            sid: new_stream(sid, next(iter(by_stream[sid].values()))[1].task_id)
+            for sid in ids
+            if sid not in streams
+        }
         streams.update(new)
         # A stream that has never accepted an event (new, or only rejections so far) holds
         # none: events land only beside their stream's row, under its lock, and the first one
         # sets first_event_at. Only the others are probed (an OTLP export's traces are
         # usually all new).
-        holding = {sid for sid, stream in streams.items() if stream.first_event_at}
-        probed = (
-            sorted({(e.stream_id, e.id) for _, e in events if e.stream_id in holding})
-            if holding
-            else []
-        )
-        stored = _stored_pairs(db, probed) if probed else set()
+        probed = [
+            (sid, event_id)
+            for sid in ids
+            if streams[sid].first_event_at
+            for event_id in sorted(by_stream[sid])
+        ]
+        stored = _stored_pairs(db, probed) if probed else {}
         rollups = RollupDeltas()
         before = {sid: stream_contribution(s) for sid, s in streams.items()}
 
         rows: list[tuple[Any, ...]] = []
-        for index, event in events:
-            # (UUIDs hash in Python: not asked when nothing was found stored.)
-            if stored and (event.stream_id, event.id) in stored:
-                result.duplicates += 1
-                continue
-            stream = streams[event.stream_id]
-            try:
-                self._check(principal, stream, event, owners)
-            except _Reject as rejection:
-                result.rejected.append(
-                    Rejection(index, event.id, rejection.code, rejection.message)
-                )
-                continue
-            cost = self.cost_nano(event) if isinstance(event, LlmCall) else None
-            apply_event(stream, event, cost)
-            stream.last_received_at = now
-            rows.append(_event_row(event, cost, now))
-            result.accepted += 1
+        for sid in ids:
+            stream = streams[sid]
+            stored_ids = stored.get(sid, ())
+            accepted = 0
+            for index, event in by_stream[sid].values():
+                if event.id in stored_ids:
+                    result.duplicates += 1
+                    continue
+                try:
+                    self._check(principal, stream, event, owners)
+                except _Reject as rejection:
+                    result.rejected.append(
+                        Rejection(index, event.id, rejection.code, rejection.message)
+                    )
+                    continue
+                cost = self.cost_nano(event) if isinstance(event, LlmCall) else None
+                apply_event(stream, event, cost)
+                rows.append(_event_row(event, cost, now))
+                accepted += 1
+            if accepted:
+                stream.last_received_at = now
+                result.accepted += accepted
 
-        touched = sorted(streams)
+        touched = ids
         for sid in touched:
             refresh_derived(streams[sid], self.default_rate)
             rollups.stream_changed(before[sid], stream_contribution(streams[sid]))
