@@ -102,6 +102,26 @@ def start_serve(url: str, workdir: Path, **env: str) -> tuple[subprocess.Popen[b
     raise SystemExit("serve did not become ready")
 
 
+def connections_by_process(base: str) -> list[int]:
+    """How many established connections to `base` each serving process holds, most first.
+    With `--workers N` the kernel spreads connections over the workers by a hash: a run in
+    which one worker holds most of them measures mostly that worker (bench/README.md)."""
+    port = base.rpartition(":")[2]
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "( sport = :" + port + " )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    counts: dict[str, int] = {}
+    for line in listing.splitlines():
+        _, _, users = line.partition("pid=")
+        pid = users.split(",", 1)[0]
+        if pid:
+            counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
 def stop_serve(server: subprocess.Popen[bytes]) -> None:
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)

@@ -34,6 +34,7 @@ from common import (
     MODELS,
     TASKMETER,
     TOOLS,
+    connections_by_process,
     create_pg_database,
     rss_mib,
     start_serve,
@@ -202,6 +203,8 @@ def main() -> None:
         ]
         for thread in threads:
             thread.start()
+        time.sleep(min(2.0, args.seconds / 4))
+        split = connections_by_process(base)
         while any(t.is_alive() for t in threads):
             peak_rss[0] = max(peak_rss[0], rss_mib(server.pid))
             time.sleep(0.5)
@@ -225,6 +228,7 @@ def main() -> None:
                 f"mean {statistics.mean(latencies) * 1000:.0f} ms"
             )
         print(f"serve peak RSS: {peak_rss[0]:.0f} MiB")
+        print(f"connections per serving process: {' + '.join(map(str, split)) or 'none seen'}")
     finally:
         stop_serve(server)
         if cleanup:

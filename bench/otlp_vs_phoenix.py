@@ -28,7 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from common import MODELS, TASKMETER, TOOLS, create_pg_database, free_port, start_serve, stop_serve
+from common import (
+    MODELS,
+    TASKMETER,
+    TOOLS,
+    connections_by_process,
+    create_pg_database,
+    free_port,
+    start_serve,
+    stop_serve,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -196,8 +205,13 @@ def run_taskmeter(
     server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(workers))
     try:
         began = time.monotonic()
+        split: list[int] = []
+        probe = threading.Timer(2.0, lambda: split.extend(connections_by_process(base)))
+        probe.start()
         statuses = send_all(f"{base}/v1/traces", {"X-Api-Key": key}, bodies, concurrency)
+        probe.cancel()
         assert all(s == 200 for s in statuses), set(statuses)
+        print(f"connections per serving process: {' + '.join(map(str, split)) or 'none seen'}")
         with httpx.Client(base_url=base, headers={"X-Api-Key": person}) as c:
 
             def all_there() -> bool:
