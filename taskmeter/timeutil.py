@@ -19,14 +19,15 @@ def parse_instant(value: str | int | float) -> datetime:
 
     A string without an offset is read as UTC. Raises ValueError for anything else.
     """
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a time")
-    if isinstance(value, int | float):
+    if not isinstance(value, str):
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a time")
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("not a finite number of milliseconds")
         return datetime.fromtimestamp(value / 1000, tz=UTC)
     try:
-        # The common case in one call: Python 3.11 reads `Z`, offsets and bare dates itself.
+        # The common case (every event has a time) in one call: Python 3.11 reads `Z`,
+        # offsets and bare dates itself.
         parsed = datetime.fromisoformat(value)
     except ValueError:
         pass
