@@ -12,8 +12,10 @@ import base64
 import gc
 import gzip
 import json
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -27,6 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from taskmeter.ingest import endpoints
 from taskmeter.store import Store
 from tests.factories import Factory, Person
 from tests.spec import assert_error_response
@@ -191,6 +194,37 @@ def test_json_and_gzip_encodings(live_server: str, factory: Factory) -> None:
     assert gz.status_code == 200 and gz.headers["content-type"] == "application/x-protobuf"
     assert task(live_server, ada, "json-task")["tool_calls"] == 3
     assert task(live_server, ada, "gzip-task")["llm_calls"] == 2
+
+
+def test_an_export_is_decoded_and_mapped_off_the_event_loop(
+    live_server: str, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding and mapping an export take milliseconds of CPU: they run beside the event
+    loop, which meanwhile answers other requests (here, while the mapping is held open)."""
+    ada = factory.person("ada@example.com")
+    mapping, answered = threading.Event(), threading.Event()
+    real = endpoints.spans_to_events
+
+    def held_mapping(export: Any) -> Any:
+        mapping.set()
+        assert answered.wait(10), "no request was answered while an export was mapped"
+        return real(export)
+
+    monkeypatch.setattr(endpoints, "spans_to_events", held_mapping)
+    body = encode_spans(record_agent_run("held-task")).SerializeToString()
+    with ThreadPoolExecutor(1) as pool:
+        export = pool.submit(
+            httpx.post,
+            f"{live_server}/v1/traces",
+            content=body,
+            headers={**ada.headers, "content-type": "application/x-protobuf"},
+            timeout=30,
+        )
+        assert mapping.wait(10)
+        assert httpx.get(f"{live_server}/healthz", timeout=5).status_code == 200
+        answered.set()
+        assert export.result().status_code == 200
+    assert task(live_server, ada, "held-task")["tool_calls"] == 3
 
 
 def test_partial_success_names_rejected_spans(live_server: str, factory: Factory) -> None:
