@@ -35,7 +35,6 @@ from taskmeter.ingest.service import Ingestor
 from taskmeter.ingest.sweeper import run_sweeper
 from taskmeter.pricing.prices import PriceBook
 from taskmeter.store import Store
-from taskmeter.store.migrate import upgrade
 from taskmeter.usage.endpoints import COMPONENTS as USAGE_COMPONENTS
 from taskmeter.usage.endpoints import OPERATIONS as USAGE_OPERATIONS
 from taskmeter.usage.endpoints import router as usage_router
@@ -86,7 +85,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(upgrade, store.write_engine)
+        if settings.migrate_on_start:
+            # Imported here: alembic is 10 MiB of a process that does not migrate.
+            from taskmeter.store.migrate import upgrade
+
+            await run_in_threadpool(upgrade, store.write_engine)
         settle_heap()
         sweeper = asyncio.create_task(
             run_sweeper(store, settings.stream_timeout_s, settings.sweep_interval_s)

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     sweep_interval_s: int = Field(default=60, gt=0)
     max_inflight_writes: int = Field(default=16, gt=0)
     workers: int = Field(default=1, ge=1, le=64)
+    migrate_on_start: bool = True
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     auth_failures_per_minute: int = Field(default=60, gt=0)
     auth_failures_per_key_per_minute: int = Field(default=10, gt=0)

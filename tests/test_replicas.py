@@ -141,6 +141,10 @@ def test_workers_share_one_port_keep_totals_exact_and_stop_together(
                 if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
             ]
             time.sleep(0.1)
+        # serve migrated the store itself: its workers do not again (nor load alembic).
+        for pid in workers:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert b"TASKMETER_MIGRATE_ON_START=false" in environment
         # Connections opened at once reach both workers: each has its own listening socket
         # (with a shared one, the first worker awake accepted them all). All 16 on one of
         # the two by chance: 2 in 65,536.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,10 +18,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from taskmeter.config import normalise_database_url
+from taskmeter.app import create_app
+from taskmeter.config import Settings, normalise_database_url
 from taskmeter.errors import UNAVAILABLE, store_fault
 from taskmeter.ingest.service import append_events, insert_streams, new_stream, write_streams
 from taskmeter.store import Store
@@ -329,6 +333,26 @@ def test_upgrade_keeps_the_events_stored_before_0006(empty_url: str) -> None:
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(back.insert(), rows[:1])
     engine.dispose()
+
+
+def test_the_app_migrates_on_start_unless_told_not_to(empty_url: str) -> None:
+    """The app brings its store to head as it starts; with TASKMETER_MIGRATE_ON_START=false
+    (what `serve --workers N` gives its workers, having migrated once itself) it leaves the
+    store alone, and alembic is never imported (10 MiB a worker)."""
+    engine = create_engine(empty_url)
+    told_not = Settings(database_url=empty_url, migrate_on_start=False)
+    with TestClient(create_app(told_not)):
+        assert inspect(engine).get_table_names() == []
+    with TestClient(create_app(Settings(database_url=empty_url))):
+        assert "streams" in inspect(engine).get_table_names()
+    engine.dispose()
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, taskmeter.app; print('alembic' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"
 
 
 def test_large_values_are_compressed_with_lz4_where_the_server_has_it(empty_url: str) -> None:

@@ -60,12 +60,16 @@ def serve(
     # replica, and listens on its own socket (taskmeter/workers.py says why). The store is
     # migrated once here, so the workers do not race to do it; then this process becomes the
     # supervisor, which needs none of the CLI's imports (measured idle with 2 workers: the
-    # supervisor 14 MiB resident, its multiprocessing resource tracker 13, each worker 106).
+    # supervisor 14 MiB resident, its multiprocessing resource tracker 13, each worker 106
+    # while workers migrated too).
     with open_store(ctx):
         pass
     for name, value in (ctx.obj or {}).items():
         if value is not None:
             os.environ[f"TASKMETER_{name.upper()}"] = str(value)
+    # Migrated just above: a worker that migrated again would only load alembic (10 MiB a
+    # worker) to find nothing to do.
+    os.environ["TASKMETER_MIGRATE_ON_START"] = "false"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(  # noqa: S606 - a fixed argv: this interpreter running the supervisor
