@@ -366,24 +366,23 @@ class Ingestor:
                 stream.last_received_at = now
                 result.accepted += accepted
 
-        touched = ids
-        for sid in touched:
+        for sid in ids:
             refresh_derived(streams[sid], self.default_rate)
             rollups.stream_changed(before[sid], stream_contribution(streams[sid]))
         # New streams before their events: a batch that raced this one to create a stream
         # waits here on its key, not on an event's (where it would fail, not skip).
-        insert_streams(db, [streams[sid] for sid in touched if sid in new])
-        write_streams(db, [streams[sid] for sid in touched if sid not in new])
+        insert_streams(db, [streams[sid] for sid in ids if sid in new])
+        write_streams(db, [streams[sid] for sid in ids if sid not in new])
         append_events(db, rows)
         project_tasks(
             db,
             {
                 (s.scope, s.task_id)
-                for s in (streams[sid] for sid in touched)
+                for s in (streams[sid] for sid in ids)
                 if s.scope is not None and s.status is not None
             },
             rollups,
-            loaded=(streams[sid] for sid in touched),
+            loaded=(streams[sid] for sid in ids),
         )
         rollups.write(db)
 

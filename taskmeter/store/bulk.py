@@ -64,9 +64,9 @@ def _source(table: Table, parameter: str) -> str:
 @contextlib.contextmanager
 def driver_cursor(db: Session, statement: str) -> Iterator[psycopg.Cursor[Any]]:
     """A psycopg cursor on the connection of the session's transaction (the write engine's
-    connections dump JSON with orjson, see `Store`). psycopg's errors
-    leave it as SQLAlchemy's (an IntegrityError is one whatever path raised it), so callers
-    and the app's handlers see one kind of error."""
+    connections COPY jsonb with orjson, see `Store`). psycopg's errors leave it as
+    SQLAlchemy's (an IntegrityError is one whatever path raised it), so callers and the app's
+    handlers see one kind of error."""
     driver = db.connection().connection.driver_connection
     assert driver is not None
     try:

@@ -19,7 +19,6 @@ from typing import Any
 from psycopg import postgres
 from psycopg.adapt import Buffer, Dumper
 from psycopg.pq import Format
-from psycopg.types.json import set_json_dumps
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -124,11 +123,10 @@ class Store:
             )
 
             @event.listens_for(self.write_engine, "connect")
-            def _json_through_orjson(dbapi_connection: Any, _record: Any) -> None:
-                # What psycopg adapts itself goes through orjson too, and jsonb values in a
-                # binary COPY (`store/bulk.py`) through a dumper of its own. Once a
-                # connection: set on a cursor, it builds four dumper classes every time.
-                set_json_dumps(jsonio.dump_bytes, dbapi_connection)
+            def _jsonb_copy_through_orjson(dbapi_connection: Any, _record: Any) -> None:
+                # SQLAlchemy gives psycopg JSON_CODEC's serializer for the statements it runs;
+                # jsonb values in a binary COPY (`store/bulk.py`) go through this dumper.
+                # Once a connection: registered on a cursor, psycopg copies adapter maps.
                 dbapi_connection.adapters.register_dumper(None, JsonbCopyDumper)
 
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
