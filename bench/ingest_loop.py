@@ -18,6 +18,7 @@ import itertools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,33 @@ def postgres_cpu_s() -> float:
     return total / TICKS
 
 
+def ingestor_for(store: Store, shape: str) -> Callable[[bytes], Any]:
+    """`ingest(body)` on a migrated `store` holding the benchmarks' user, as the endpoint of
+    `shape` does it (a JSON batch, or an OTLP export decoded and mapped)."""
+    upgrade(store.write_engine)
+    with store.write() as db:
+        service.create_user(db, USER)
+    ingestor = Ingestor(store, PriceBook(), credit_usd=Decimal(10), default_rate=Decimal("0.1"))
+    principal = Principal(via="api_key", key_id="loop", service_name="bench")
+
+    def ingest(body: bytes) -> Any:
+        if shape == "events":
+            # As `POST /api/v1/usage/events` does: no `\u0000` escape, no NUL to look for.
+            nul_free = b"\\u0000" not in body
+            return ingestor.ingest(principal, orjson.loads(body)["events"], nul_free=nul_free)
+        export, _ = decode_request(body, "application/x-protobuf", None)
+        return ingestor.ingest(principal, spans_to_events(export).events)
+
+    return ingest
+
+
+def loop_bodies(shape: str, count: int) -> list[bytes]:
+    """`count` batches of 1000 events, or exports of 50 traces, the same on every run."""
+    if shape == "events":
+        return list(itertools.islice(bodies(1, USER, 1000), count))
+    return exports(count * TRACES_PER_EXPORT, seed=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
@@ -67,26 +95,10 @@ def main() -> None:
     else:
         url, drop = f"sqlite:///{tempfile.mkdtemp(prefix='taskmeter-loop-')}/loop.db", None
     store = Store(url)
-    upgrade(store.write_engine)
-    with store.write() as db:
-        service.create_user(db, USER)
-    ingestor = Ingestor(store, PriceBook(), credit_usd=Decimal(10), default_rate=Decimal("0.1"))
-    principal = Principal(via="api_key", key_id="loop", service_name="bench")
-
-    if args.shape == "events":
-        batches: list[bytes] = list(itertools.islice(bodies(1, USER, 1000), args.batches))
-        units, unit = args.batches * 1000, "event"
-    else:
-        batches = exports(args.batches * TRACES_PER_EXPORT, seed=1)
-        units, unit = args.batches * TRACES_PER_EXPORT * SPANS_PER_TRACE, "span"
-
-    def ingest(body: bytes) -> Any:
-        if args.shape == "events":
-            # As `POST /api/v1/usage/events` does: no `\u0000` escape, no NUL to look for.
-            nul_free = b"\\u0000" not in body
-            return ingestor.ingest(principal, orjson.loads(body)["events"], nul_free=nul_free)
-        export, _ = decode_request(body, "application/x-protobuf", None)
-        return ingestor.ingest(principal, spans_to_events(export).events)
+    ingest = ingestor_for(store, args.shape)
+    batches = loop_bodies(args.shape, args.batches)
+    per_batch = 1000 if args.shape == "events" else TRACES_PER_EXPORT * SPANS_PER_TRACE
+    units, unit = args.batches * per_batch, "event" if args.shape == "events" else "span"
 
     settle_heap()  # as `serve` does once started
     server_before = postgres_cpu_s()

@@ -16,26 +16,17 @@ that). Each run takes about two minutes. Needs valgrind (`apt-get install valgri
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import re
 import subprocess
 import sys
-from decimal import Decimal
 
-import orjson
 from common import create_pg_database
-from ingest_http import bodies
-from otlp_vs_phoenix import SPANS_PER_TRACE, TRACES_PER_EXPORT, USER, exports
+from ingest_loop import ingestor_for, loop_bodies
+from otlp_vs_phoenix import SPANS_PER_TRACE, TRACES_PER_EXPORT
 
 from taskmeter.heap import settle_heap
-from taskmeter.identity import service
-from taskmeter.identity.principal import Principal
-from taskmeter.ingest.otlp import decode_request, spans_to_events
-from taskmeter.ingest.service import Ingestor
-from taskmeter.pricing.prices import PriceBook
 from taskmeter.store import Store
-from taskmeter.store.migrate import upgrade
 
 BUILT = 6  # batches built in every run, so that the two runs differ only in what they ingest
 FEW, MANY = 1, 5
@@ -44,28 +35,17 @@ FEW, MANY = 1, 5
 def ingest_batches(shape: str, count: int) -> None:
     url, drop = create_pg_database()
     store = Store(url.replace("postgresql://", "postgresql+psycopg://"))
-    upgrade(store.write_engine)
-    with store.write() as db:
-        service.create_user(db, USER)
-    ingestor = Ingestor(store, PriceBook(), credit_usd=Decimal(10), default_rate=Decimal("0.1"))
-    principal = Principal(via="api_key", key_id="count", service_name="bench")
-    if shape == "events":
-        batches = list(itertools.islice(bodies(1, USER, 1000), BUILT + 1))
-    else:
-        batches = exports((BUILT + 1) * TRACES_PER_EXPORT, seed=1)
+    ingest = ingestor_for(store, shape)
+    batches = loop_bodies(shape, BUILT + 1)
     settle_heap()  # as `serve` does once started
 
-    def ingest(body: bytes) -> None:
-        if shape == "events":
-            result = ingestor.ingest(principal, orjson.loads(body)["events"], nul_free=True)
-        else:
-            export, _ = decode_request(body, "application/x-protobuf", None)
-            result = ingestor.ingest(principal, spans_to_events(export).events)
+    def checked(body: bytes) -> None:
+        result = ingest(body)
         assert not result.rejected, result.rejected[:2]
 
-    ingest(batches[0])  # first-use caches (statements, price lookups) warmed
+    checked(batches[0])  # first-use caches (statements, price lookups) warmed
     for body in batches[1 : 1 + count]:
-        ingest(body)
+        checked(body)
     store.dispose()
     drop()
 
