@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import operator
 import uuid
 import zlib
 from collections import defaultdict
@@ -143,30 +144,47 @@ READ_ATTRIBUTES = frozenset(
 )
 
 
+# What each read attribute holds when it is well formed. That kind is read first: a set value
+# reads as itself and an unset one as empty, zero or false, so only then is the value asked
+# which kind it holds (`WhichOneof` was a fifth of reading a span's attributes).
+_EXPECTED_KIND = dict.fromkeys(READ_ATTRIBUTES, "string_value") | {
+    "gen_ai.usage.cache_creation.input_tokens": "int_value",
+    "gen_ai.usage.cache_read.input_tokens": "int_value",
+    "gen_ai.usage.input_tokens": "int_value",
+    "gen_ai.usage.output_tokens": "int_value",
+    "taskmeter.is_byok": "bool_value",
+}
+
+
 def _attributes(items: Iterable[KeyValue]) -> dict[str, Any]:
     """The attributes the mapping reads, scalar values only (others read as None)."""
     attributes: dict[str, Any] = {}
     for item in items:
         key = item.key
-        if key in READ_ATTRIBUTES:
+        kind = _EXPECTED_KIND.get(key)
+        if kind is not None:
             value = item.value
-            kind = value.WhichOneof("value")
-            attributes[key] = getattr(value, kind) if kind in _SCALARS else None
+            read = getattr(value, kind)
+            if not read:
+                kind = value.WhichOneof("value")
+                read = getattr(value, kind) if kind in _SCALARS else None
+            attributes[key] = read
     return attributes
+
+
+_FROM_TIMESTAMP = datetime.fromtimestamp
 
 
 def _time(nanos: int) -> datetime:
     # A datetime, not its RFC 3339 text: the events' validation takes either, and parsing
-    # the text back was a tenth of an export's mapping and validation.
-    return datetime.fromtimestamp(nanos / 1e9, tz=UTC)
+    # the text back was a tenth of an export's mapping and validation. The zone is passed
+    # by position: as a keyword it made the call 70 % slower.
+    return _FROM_TIMESTAMP(nanos / 1e9, UTC)
 
 
-def _int(attributes: dict[str, Any], *names: str) -> int:
-    for name in names:
-        value = attributes.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return 0
+def _count(attributes: dict[str, Any], name: str) -> int:
+    value = attributes.get(name)
+    return value if type(value) is int else 0  # not a bool, nor a string of digits
 
 
 def _first(attributes: dict[str, Any], *names: str) -> Any:
@@ -187,10 +205,9 @@ class _TraceSpan:
     end: int
     span_id: bytes
     is_root: bool
-    name: str
     attributes: dict[str, Any]
     resource: dict[str, Any]
-    span: Span  # for the root's status, read only there
+    span: Span  # for what few spans need: the root's status, a name without its attribute
 
 
 @dataclass(frozen=True)
@@ -211,7 +228,6 @@ def spans_to_events(request: ExportTraceServiceRequest) -> MappedEvents:
                         span.end_time_unix_nano,
                         span.span_id,
                         not span.parent_span_id,
-                        span.name,
                         _attributes(span.attributes),
                         resource,
                         span,
@@ -224,38 +240,45 @@ def spans_to_events(request: ExportTraceServiceRequest) -> MappedEvents:
     return MappedEvents(events, origins)
 
 
+_IN_TIME_ORDER = operator.attrgetter("start", "span_id")
+
+
+def _trace_task_and_owner(spans: list[_TraceSpan], trace_id: bytes) -> tuple[str, str | None]:
+    """The trace's task id and owner: the first span (in time order) that names either, else
+    the resource; a trace naming no task is a task of its own."""
+    every = [s.attributes for s in spans]
+    every.append(spans[0].resource)
+    task_id = conversation = owner = None
+    for attributes in every:
+        if task_id is None and attributes.get("taskmeter.task_id"):
+            task_id = str(attributes["taskmeter.task_id"])
+        if conversation is None and attributes.get("gen_ai.conversation.id"):
+            conversation = str(attributes["gen_ai.conversation.id"])
+        if owner is None:
+            named = _first(attributes, "user.email", "enduser.id")
+            if named:
+                owner = str(named)
+    return task_id or conversation or trace_id.hex(), owner
+
+
 def _trace_events(
     trace_id: bytes, spans: list[_TraceSpan], events: list[dict[str, Any]], origins: list[str]
 ) -> None:
     """Append the events of one trace's spans (and the span each came from)."""
-    spans.sort(key=lambda s: (s.start, s.span_id))
-    every = [s.attributes for s in spans] + [spans[0].resource]
-    task_id = next((str(a["taskmeter.task_id"]) for a in every if a.get("taskmeter.task_id")), None)
-    task_id = (
-        task_id
-        or next(
-            (str(a["gen_ai.conversation.id"]) for a in every if a.get("gen_ai.conversation.id")),
-            None,
-        )
-        or trace_id.hex()
-    )
-    owner = next(
-        (
-            str(_first(a, "user.email", "enduser.id"))
-            for a in every
-            if _first(a, "user.email", "enduser.id")
-        ),
-        None,
-    )
+    spans.sort(key=_IN_TIME_ORDER)
+    task_id, owner = _trace_task_and_owner(spans, trace_id)
     try:
         stream_id = str(uuid.UUID(bytes=trace_id))
     except ValueError:
         stream_id = trace_id.hex()  # not 16 bytes: the event is rejected as invalid
 
     def event(kind: str, event_id: str, nanos: int, span_hex: str, fields: dict[str, Any]) -> None:
-        fields.update(
-            id=event_id, type=kind, time=_time(nanos), stream_id=stream_id, task_id=task_id
-        )
+        # Set one by one: `dict.update` with keywords built a second dict an event.
+        fields["id"] = event_id
+        fields["type"] = kind
+        fields["time"] = _time(nanos)
+        fields["stream_id"] = stream_id
+        fields["task_id"] = task_id
         events.append(fields)
         origins.append(span_hex)
 
@@ -280,15 +303,15 @@ def _trace_events(
                 finished["error_message"] = status.message or "span ended with an error"
             event("stream.finished", f"{span_hex}.finish", item.end, span_hex, finished)
         elif operation == "invoke_agent":
-            name = _first(a, "gen_ai.agent.name") or item.name.removeprefix("invoke_agent ")
+            name = _first(a, "gen_ai.agent.name") or item.span.name.removeprefix("invoke_agent ")
             agent = {"agent_name": str(name)}
             event("agent.triggered", f"{span_hex}.agent", item.start, span_hex, agent)
         if operation in LLM_OPERATIONS:
             call: dict[str, Any] = {
-                "input_tokens": _int(a, "gen_ai.usage.input_tokens"),
-                "output_tokens": _int(a, "gen_ai.usage.output_tokens"),
-                "cache_read_tokens": _int(a, "gen_ai.usage.cache_read.input_tokens"),
-                "cache_write_tokens": _int(a, "gen_ai.usage.cache_creation.input_tokens"),
+                "input_tokens": _count(a, "gen_ai.usage.input_tokens"),
+                "output_tokens": _count(a, "gen_ai.usage.output_tokens"),
+                "cache_read_tokens": _count(a, "gen_ai.usage.cache_read.input_tokens"),
+                "cache_write_tokens": _count(a, "gen_ai.usage.cache_creation.input_tokens"),
                 "duration_ms": ms,
             }
             model = _first(a, "gen_ai.response.model", "gen_ai.request.model")
@@ -301,6 +324,6 @@ def _trace_events(
             step = {"latency_ms": ms}
             event("step.completed", f"{span_hex}.step", item.end, span_hex, step)
         elif operation == "execute_tool":
-            name = _first(a, "gen_ai.tool.name") or item.name.removeprefix("execute_tool ")
+            name = _first(a, "gen_ai.tool.name") or item.span.name.removeprefix("execute_tool ")
             tool = {"tool_name": str(name), "duration_ms": ms}
             event("tool.call", f"{span_hex}.tool", item.start, span_hex, tool)
