@@ -676,10 +676,21 @@ def project_tasks(
     if not rows:
         return
     if db.get_bind().dialect.name == "postgresql":
-        bulk.insert_rows(db, TASKS, rows, conflict=("scope", "task_id"))
+        # A task the probe did not find stays absent until this transaction ends: whoever
+        # writes a task holds its advisory lock (taken above). New rows then go by COPY,
+        # which cost PostgreSQL half what the JSON upsert did (an OTLP export's 50 new tasks).
+        known = [row for row in rows if (row["scope"], row["task_id"]) in old]
+        if len(known) < len(rows):
+            fresh = (row for row in rows if (row["scope"], row["task_id"]) not in old)
+            bulk.copy_rows(db, TASKS, map(_task_tuple, fresh))
+        bulk.insert_rows(db, TASKS, known, conflict=("scope", "task_id"))
         return
     columns = tuple(name for name in rows[0] if name not in ("scope", "task_id"))
     db.execute(_sqlite_task_upsert(columns), rows)
+
+
+# A task row's values in the table's column order (the keys `project_tasks` builds).
+_task_tuple = operator.itemgetter(*(c.name for c in TASKS.columns))
 
 
 @functools.cache
