@@ -81,8 +81,18 @@ def rss_mib(pid: int) -> float:
     return total
 
 
+def _listeners(port: int) -> int:
+    """How many sockets listen on `port` (one a worker: each binds its own, SO_REUSEPORT)."""
+    listing = subprocess.run(
+        ["ss", "-Htln", f"( sport = :{port} )"], capture_output=True, text=True, check=False
+    ).stdout
+    return len(listing.splitlines())
+
+
 def start_serve(url: str, workdir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`taskmeter serve` on a free loopback port, once /readyz answers."""
+    """`taskmeter serve` on a free loopback port, once /readyz answers and every worker
+    listens: connections opened while only the first listened all went to it (an 8 + 0 run)."""
+    workers = int(env.get("TASKMETER_WORKERS", "1"))
     port = free_port()
     server = subprocess.Popen(
         [TASKMETER, "serve", "--port", str(port), "--log-level", "warning"],
@@ -93,7 +103,7 @@ def start_serve(url: str, workdir: Path, **env: str) -> tuple[subprocess.Popen[b
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
+            if httpx.get(f"{base}/readyz").status_code == 200 and _listeners(port) >= workers:
                 return server, base
         except httpx.HTTPError:
             pass
