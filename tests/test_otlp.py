@@ -417,3 +417,101 @@ def test_every_attribute_the_mapping_names_is_read() -> None:
         re.findall(r'"((?:gen_ai|taskmeter|user|enduser)\.[a-z_.]+)"', inspect.getsource(otlp))
     )
     assert named == otlp.READ_ATTRIBUTES
+
+
+def test_attributes_of_an_unexpected_kind_map_as_their_values_say() -> None:
+    """Each attribute is read as the kind it should hold, and its actual kind asked only when
+    that reads empty: a value of another kind, an empty one or none at all still maps by what
+    it holds (a count only from an integer, a name from any scalar's text)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    from taskmeter.ingest.otlp import spans_to_events
+
+    def kv(key: str, **value: Any) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(**value))
+
+    trace_id, root = bytes(range(16)), b"\x01" * 8
+    start = 1_764_806_400 * 10**9
+
+    def span(span_id: bytes, name: str, *attributes: KeyValue, parent: bytes = b"") -> Span:
+        return Span(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_span_id=parent,
+            name=name,
+            start_time_unix_nano=start,
+            end_time_unix_nano=start + 2_000_000_000,
+            attributes=attributes,
+        )
+
+    export = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                scope_spans=[
+                    ScopeSpans(
+                        spans=[
+                            span(
+                                root,
+                                "invoke_agent run",
+                                kv("taskmeter.task_id", int_value=42),
+                                kv("user.email", string_value=""),
+                                kv("enduser.id", string_value="ada@example.com"),
+                                kv("taskmeter.is_byok", string_value="true"),
+                            ),
+                            span(
+                                b"\x02" * 8,
+                                "chat",
+                                kv("gen_ai.operation.name", string_value="chat"),
+                                kv("gen_ai.usage.input_tokens", string_value="12"),
+                                kv("gen_ai.usage.output_tokens", int_value=0),
+                                kv("gen_ai.usage.cache_read.input_tokens", bool_value=True),
+                                kv("gen_ai.response.model", int_value=7),
+                                kv("gen_ai.provider.name", string_value=""),
+                                kv("gen_ai.system", string_value="openai"),
+                                parent=root,
+                            ),
+                            span(
+                                b"\x03" * 8,
+                                "execute_tool search",
+                                kv("gen_ai.operation.name", string_value="execute_tool"),
+                                kv("gen_ai.tool.name"),
+                                parent=root,
+                            ),
+                            span(
+                                b"\x04" * 8,
+                                "execute_tool other",
+                                kv("gen_ai.operation.name", string_value="execute_tool"),
+                                kv("gen_ai.tool.name", double_value=1.5),
+                                parent=root,
+                            ),
+                            span(
+                                b"\x05" * 8,
+                                "invoke_agent helper",
+                                kv("gen_ai.operation.name", string_value="invoke_agent"),
+                                kv("taskmeter.is_byok", bool_value=False),
+                                kv("gen_ai.agent.name", bool_value=False),
+                                parent=root,
+                            ),
+                        ]
+                    )
+                ]
+            )
+        ]
+    )
+    events = {
+        e["id"].rpartition(".")[2] + ":" + e["id"][:2]: e for e in spans_to_events(export).events
+    }
+    started = events["start:01"]
+    assert started["task_id"] == "42"
+    assert started["user"] == "ada@example.com"  # an empty email is no email
+    assert "is_byok" not in started  # a flag only from a boolean
+    call = events["llm:02"]
+    assert (call["input_tokens"], call["output_tokens"], call["cache_read_tokens"]) == (0, 0, 0)
+    assert (call["model"], call["provider"]) == ("7", "openai")
+    assert events["tool:03"]["tool_name"] == "search"  # no value: the span's name
+    assert events["tool:04"]["tool_name"] == "1.5"
+    assert events["agent:05"]["agent_name"] == "helper"  # a false value: the span's name
