@@ -2,9 +2,12 @@
 
     python bench/ingest_http.py --store sqlite --seconds 60
     python bench/ingest_http.py --store postgresql --seconds 60
+    python bench/ingest_http.py --into postgresql://postgres@127.0.0.1:5432/taskmeter_bench_1000000
 
 Starts `taskmeter serve` in its own process on a fresh store (a temporary SQLite file, or a
-throwaway PostgreSQL database on TASKMETER_BENCH_PG_URL), makes a service key, then posts
+throwaway PostgreSQL database on TASKMETER_BENCH_PG_URL) or, with --into, on a store that
+`bench/generate.py` loaded (this run's user and events are added to it), makes a service
+key, then posts
 realistic batches (streams with llm calls, tool calls, steps, agent triggers, finishes) from
 this process with --concurrency connections for --seconds. Prints sustained events/s, p50/p99
 batch latency and the server's peak RSS.
@@ -133,11 +136,22 @@ def main() -> None:
         default=80_000,
         help="events/s to prepare bodies for before the clock starts (more are made on the fly)",
     )
+    parser.add_argument(
+        "--into",
+        metavar="URL",
+        help="ingest into this existing store (one bench/generate.py loaded) instead of a "
+        "fresh one; its store type follows the URL",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="taskmeter-bench-"))
     cleanup = None
-    if args.store == "sqlite":
+    user = "bench@example.com"
+    if args.into:
+        url = args.into
+        args.store = "sqlite" if url.startswith("sqlite") else "postgresql"
+        user = f"bench-{uuid.uuid4().hex[:8]}@example.com"  # new to the store on every run
+    elif args.store == "sqlite":
         url = f"sqlite:///{workdir / 'bench.db'}"
     else:
         url, cleanup = create_pg_database()
@@ -150,7 +164,6 @@ def main() -> None:
         )
         return done.stdout.strip()
 
-    user = "bench@example.com"
     run("users", "create", user)
     key = run("keys", "create", "--service", "bench")
     server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(args.workers))
