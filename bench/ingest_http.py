@@ -7,10 +7,9 @@
 Starts `taskmeter serve` in its own process on a fresh store (a temporary SQLite file, or a
 throwaway PostgreSQL database on TASKMETER_BENCH_PG_URL) or, with --into, on a store that
 `bench/generate.py` loaded (this run's user and events are added to it), makes a service
-key, then posts
-realistic batches (streams with llm calls, tool calls, steps, agent triggers, finishes) from
-this process with --concurrency connections for --seconds. Prints sustained events/s, p50/p99
-batch latency and the server's peak RSS.
+key, then posts realistic batches (streams with llm calls, tool calls, steps, agent
+triggers, finishes) from this process with --concurrency connections for --seconds. Prints
+sustained events/s, p50/p99 batch latency and the server's peak RSS.
 """
 
 from __future__ import annotations
