@@ -1,7 +1,8 @@
 """No acknowledged event is lost, and none is counted twice, when `serve` is killed with SIGKILL
 under sustained ingestion (events and OTLP) and restarted, on both stores.
 
-Each round starts `taskmeter serve`, sends batches until a random moment, and kills it -9.
+Each round starts `taskmeter serve`, sends batches, and kills it -9 once a random number of
+them are acknowledged, while the rest are being sent.
 After the last round every batch is sent again (clients re-send what they are not sure of):
 every event must then be stored exactly once, and the projections must count each once.
 """
@@ -94,7 +95,14 @@ def test_sigkill_loses_no_acknowledged_event(
             assert client.post("/v1/traces", content=otlp[round_]).status_code == 200
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(rng.uniform(0.3, 1.0))
+        # Killed by progress, not by the clock: once a random number of the round's batches
+        # are acknowledged, while the rest are still being sent. (A kill timed 0.3-1 s in
+        # came after the round's last batch on a fast machine, and proved nothing.)
+        enough = rng.randint(1, BATCHES // 2)
+        deadline = time.monotonic() + 60
+        while done[0] < enough and sender.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.005))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         stop.set()
