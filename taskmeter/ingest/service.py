@@ -679,9 +679,11 @@ def project_tasks(
         # A task the probe did not find stays absent until this transaction ends: whoever
         # writes a task holds its advisory lock (taken above). New rows then go by COPY,
         # which cost PostgreSQL half what the JSON upsert did (an OTLP export's 50 new tasks).
-        known = [row for row in rows if (row["scope"], row["task_id"]) in old]
-        if len(known) < len(rows):
-            fresh = (row for row in rows if (row["scope"], row["task_id"]) not in old)
+        fresh: list[dict[str, Any]] = []
+        known: list[dict[str, Any]] = []
+        for row in rows:
+            (known if (row["scope"], row["task_id"]) in old else fresh).append(row)
+        if fresh:
             bulk.copy_rows(db, TASKS, map(_task_tuple, fresh))
         bulk.insert_rows(db, TASKS, known, conflict=("scope", "task_id"))
         return
