@@ -81,12 +81,16 @@ def rss_mib(pid: int) -> float:
     return total
 
 
+def _sockets(options: str, port: int | str, *state: str) -> list[str]:
+    """`ss`'s lines (no header) for the TCP sockets on local port `port`."""
+    return subprocess.run(
+        ["ss", options, *state, f"( sport = :{port} )"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+
+
 def _listeners(port: int) -> int:
     """How many sockets listen on `port` (one a worker: each binds its own, SO_REUSEPORT)."""
-    listing = subprocess.run(
-        ["ss", "-Htln", f"( sport = :{port} )"], capture_output=True, text=True, check=False
-    ).stdout
-    return len(listing.splitlines())
+    return len(_sockets("-Htln", port))
 
 
 def start_serve(url: str, workdir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -117,14 +121,8 @@ def connections_by_process(base: str) -> list[int]:
     With `--workers N` the kernel spreads connections over the workers by a hash: a run in
     which one worker holds most of them measures mostly that worker (bench/README.md)."""
     port = base.rpartition(":")[2]
-    listing = subprocess.run(
-        ["ss", "-Htnp", "state", "established", "( sport = :" + port + " )"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
     counts: dict[str, int] = {}
-    for line in listing.splitlines():
+    for line in _sockets("-Htnp", port, "state", "established"):
         _, _, users = line.partition("pid=")
         pid = users.split(",", 1)[0]
         if pid:

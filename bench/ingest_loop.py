@@ -75,6 +75,13 @@ def ingestor_for(store: Store, shape: str) -> Callable[[bytes], Any]:
     return ingest
 
 
+def batch_units(shape: str) -> tuple[int, str]:
+    """How many events (or spans) one of `shape`'s bodies holds, and what they are called."""
+    if shape == "events":
+        return 1000, "event"
+    return TRACES_PER_EXPORT * SPANS_PER_TRACE, "span"
+
+
 def loop_bodies(shape: str, count: int) -> list[bytes]:
     """`count` batches of 1000 events, or exports of 50 traces, the same on every run."""
     if shape == "events":
@@ -97,8 +104,8 @@ def main() -> None:
     store = Store(url)
     ingest = ingestor_for(store, args.shape)
     batches = loop_bodies(args.shape, args.batches)
-    per_batch = 1000 if args.shape == "events" else TRACES_PER_EXPORT * SPANS_PER_TRACE
-    units, unit = args.batches * per_batch, "event" if args.shape == "events" else "span"
+    per_batch, unit = batch_units(args.shape)
+    units = args.batches * per_batch
 
     settle_heap()  # as `serve` does once started
     server_before = postgres_cpu_s()

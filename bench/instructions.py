@@ -22,8 +22,7 @@ import subprocess
 import sys
 
 from common import create_pg_database
-from ingest_loop import ingestor_for, loop_bodies
-from otlp_vs_phoenix import SPANS_PER_TRACE, TRACES_PER_EXPORT
+from ingest_loop import batch_units, ingestor_for, loop_bodies
 
 from taskmeter.heap import settle_heap
 from taskmeter.store import Store
@@ -82,11 +81,11 @@ def main() -> None:
     if args.child is not None:
         ingest_batches(args.shape, args.child)
         return
-    per_batch = 1000 if args.shape == "events" else TRACES_PER_EXPORT * SPANS_PER_TRACE
-    unit = "an event" if args.shape == "events" else "a span"
+    per_batch, unit = batch_units(args.shape)
     few, many = counted(args.shape, FEW), counted(args.shape, MANY)
     per_unit = (many - few) / ((MANY - FEW) * per_batch)
-    print(f"{per_unit:,.0f} instructions {unit} ({args.shape}, {MANY - FEW} batches)")
+    article = "an" if unit == "event" else "a"
+    print(f"{per_unit:,.0f} instructions {article} {unit} ({args.shape}, {MANY - FEW} batches)")
 
 
 if __name__ == "__main__":
