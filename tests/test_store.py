@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from taskmeter.app import create_app
 from taskmeter.config import Settings, normalise_database_url
 from taskmeter.errors import UNAVAILABLE, store_fault
-from taskmeter.ingest.service import append_events, insert_streams, new_stream, write_streams
+from taskmeter.ingest.rows import append_events, insert_streams, new_stream, write_streams
 from taskmeter.store import Store
 from taskmeter.store.engine import one_snapshot
 from taskmeter.store.migrate import alembic_config, upgrade

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
 
-from taskmeter.ingest.service import project_tasks
+from taskmeter.ingest.tasks import project_tasks
 from taskmeter.store import Store
 from taskmeter.store.tables import Stream
 from taskmeter.timeutil import utc_now
