@@ -26,13 +26,19 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    # Streams of the batch whose spend reached a cap's hard limit: {"stream_id", "code"}.
+    over_limit: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": [r.as_json() for r in sorted(self.rejected, key=lambda r: r.index)],
         }
+        if self.over_limit:
+            # Present only when there is something to abort: the published answer is as it was.
+            body["over_limit"] = self.over_limit
+        return body
 
 
 # A batch's valid events by stream, each stream's in batch order, keyed by event id.

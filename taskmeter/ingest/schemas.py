@@ -116,6 +116,8 @@ class StreamStarted(_Event):
     model: Name | None = None
     task_title: Annotated[str, Field(max_length=1000)] | None = None
     is_byok: StrictBool = False
+    # A project of the owner's team (or of the solo owner), by name.
+    project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
 class LlmCall(_Event):

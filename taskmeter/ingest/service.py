@@ -26,6 +26,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from taskmeter.governance.alerts import emit_cap_alerts
+from taskmeter.governance.projects import ProjectRef, projects_by_name
+from taskmeter.governance.spend import charge_caps, spend_of
 from taskmeter.identity.principal import Principal, scope_key
 from taskmeter.identity.service import IdentityError, normalise_email
 from taskmeter.ingest.batch import EventsByStream, IngestResult, parse_batch
@@ -135,6 +138,7 @@ class Ingestor:
         if principal.email:
             emails.append(principal.email)
         owners = resolve_owners(db, emails)
+        projects = self._projects_named(db, principal, by_stream, owners)
 
         ids = sorted(by_stream)
         streams = {row.stream_id: row for row in map(StreamRow, lock_streams(db, ids))}
@@ -159,6 +163,7 @@ class Ingestor:
         stored = stored_pairs(db, probed) if probed else {}
         rollups = RollupDeltas()
         before = {sid: stream_contribution(s) for sid, s in streams.items()}
+        spend_before = {sid: spend_of(s) for sid, s in streams.items()}
 
         rows: list[tuple[Any, ...]] = []
         for sid in ids:
@@ -170,7 +175,7 @@ class Ingestor:
                     result.duplicates += 1
                     continue
                 try:
-                    self._check(principal, stream, event, owners)
+                    self._check(principal, stream, event, owners, projects)
                 except _Reject as rejection:
                     result.rejected.append(
                         Rejection(index, event.id, rejection.code, rejection.message)
@@ -203,9 +208,43 @@ class Ingestor:
             loaded=(streams[sid] for sid in ids),
         )
         rollups.write(db)
+        # Last: the caps' spend rows stay locked from here to the commit, which is next.
+        over_limit, alerts = charge_caps(
+            db,
+            spend_before,
+            {sid: spend_of(streams[sid]) for sid in ids},
+            (sid for sid in ids if streams[sid].status is None),
+        )
+        result.over_limit = [o.as_json() for o in over_limit]
+        if alerts:
+            emit_cap_alerts(db, alerts)
+
+    def _projects_named(
+        self,
+        db: Session,
+        principal: Principal,
+        by_stream: EventsByStream,
+        owners: dict[str, Owner],
+    ) -> dict[tuple[str, str], ProjectRef]:
+        """The projects the batch's start events name, by (owner's scope, name)."""
+        wanted = []
+        for of_stream in by_stream.values():
+            for _, event in of_stream.values():
+                if isinstance(event, StreamStarted) and event.project is not None:
+                    email = event.user if principal.is_service else principal.email
+                    owner = owners.get((email or "").strip().lower())
+                    if owner is not None:
+                        scope = scope_key(team_id=owner.team_id, user_id=owner.user_id)
+                        wanted.append((scope, event.project))
+        return projects_by_name(db, wanted) if wanted else {}
 
     def _check(
-        self, principal: Principal, stream: StreamRow, event: Event, owners: dict[str, Owner]
+        self,
+        principal: Principal,
+        stream: StreamRow,
+        event: Event,
+        owners: dict[str, Owner],
+        projects: dict[tuple[str, str], ProjectRef],
     ) -> None:
         if stream.first_event_at is None:
             # Nothing accepted yet: the stream is still unclaimed by any task.
@@ -229,6 +268,17 @@ class Ingestor:
                 raise _Reject("unknown_user", f"no user with email {email}")
             if stream.owner_user_id is not None and stream.owner_user_id != owner.user_id:
                 raise _Reject("forbidden_stream", "this stream belongs to another user")
+            if event.project is not None:
+                scope = stream.scope or scope_key(team_id=owner.team_id, user_id=owner.user_id)
+                project = projects.get((scope, event.project))
+                if project is None:
+                    raise _Reject(
+                        "unknown_project",
+                        f"no project {event.project!r} in the stream owner's "
+                        + ("team" if scope.startswith("t") else "own usage"),
+                    )
+                if stream.project_id is None:
+                    stream.project_id = project.id
             if stream.scope is None:
                 # Ownership is stamped, not looked up: the owner's team at this moment.
                 stream.owner_user_id = owner.user_id

@@ -133,7 +133,14 @@ def project_tasks(
             continue
         figures = task_figures([stream_figures(s) for s in streams])
         rollups.task_changed(before, task_contribution(scope, figures))
-        rows.append({"scope": scope, "task_id": task_id, **task_row_values(figures)})
+        rows.append(
+            {
+                "scope": scope,
+                "task_id": task_id,
+                **task_row_values(figures),
+                "project_id": _task_project(streams),
+            }
+        )
     if gone:
         db.execute(
             TASKS.delete().where(
@@ -157,6 +164,14 @@ def project_tasks(
         return
     columns = tuple(name for name in rows[0] if name not in ("scope", "task_id"))
     db.execute(_sqlite_task_upsert(columns), rows)
+
+
+def _task_project(streams: list[AnyStream]) -> int | None:
+    """The project of the task's earliest stream that names one (ties: by stream id)."""
+    named = [s for s in streams if s.project_id is not None]
+    if not named:
+        return None
+    return min(named, key=lambda s: (s.created_at, s.stream_id)).project_id
 
 
 # A task row's values in the table's column order (the keys `project_tasks` builds).

@@ -1,0 +1,203 @@
+"""Cap spend kept as ingestion lands: each stream's change in credits, added to the periods of
+the caps it counts against, in the batch's own transaction.
+
+    batch's streams before/after ─ spend_of ─▶ (subjects, created_at, credits)
+      ─ deltas by (subject, created_at) ─ caps of those subjects ─▶ cap_spend upserts
+      (sorted keys, RETURNING the new figure) ─▶ over_limit streams, threshold crossings
+
+A cap counts from the period it was created in: `backfill_cap` sums that period from the
+streams table once, and ingestion adds to that period and later ones. On PostgreSQL a
+batch with spend holds a shared advisory lock while it reads the caps and writes their spend,
+and creating a cap holds it exclusively while it backfills, so every change in credits is in
+the backfill or in a delta, never both and never neither.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from taskmeter.governance.caps import stream_subjects
+from taskmeter.governance.periods import parse_zone, period_bounds
+from taskmeter.store.tables import CAP_SPEND, CAPS, STREAMS, AnyStream, Cap
+
+__all__ = ["CapAlert", "OverLimit", "backfill_cap", "charge_caps", "spend_of"]
+
+# The key of the advisory lock between cap creation (exclusive) and spend (shared).
+_CAPS_LOCK = 0x7A5C_CA95
+_SHARED_LOCK = text(f"SELECT pg_advisory_xact_lock_shared({_CAPS_LOCK})")
+_EXCLUSIVE_LOCK = text(f"SELECT pg_advisory_xact_lock({_CAPS_LOCK})")
+
+Spend = tuple[tuple[str, ...], datetime, int]
+
+
+def code_for(kind: str) -> str:
+    """The ErrorResponse code of a cap of this kind. A team cap is the account's own limit,
+    so it answers like a user's (docs/decisions.md)."""
+    return "project_spending_cap_reached" if kind == "project" else "user_spending_cap_reached"
+
+
+@dataclass(frozen=True)
+class OverLimit:
+    stream_id: uuid.UUID
+    code: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"stream_id": str(self.stream_id), "code": self.code}
+
+
+@dataclass(frozen=True)
+class CapAlert:
+    """A soft threshold (`threshold` percent) or the limit (`threshold` None) crossed."""
+
+    cap_id: int
+    kind: str
+    subject: str
+    period_start: datetime
+    threshold: int | None
+    used_nano: int
+    limit_nano: int
+
+
+def spend_of(stream: AnyStream) -> Spend | None:
+    """What a stream's credits count against: None until it has started (owner and time)."""
+    if stream.scope is None or stream.created_at is None or stream.owner_user_id is None:
+        return None
+    subjects = stream_subjects(stream.owner_user_id, stream.team_id, stream.project_id)
+    return subjects, stream.created_at, stream.neo_credits_nano
+
+
+_CAPS_OF = select(
+    CAPS.c.id, CAPS.c.kind, CAPS.c.subject, CAPS.c.period, CAPS.c.tz, CAPS.c.limit_nano,
+    CAPS.c.thresholds, CAPS.c.created_at,
+)  # fmt: skip
+
+
+def charge_caps(
+    db: Session,
+    before: Mapping[uuid.UUID, Spend | None],
+    after: Mapping[uuid.UUID, Spend | None],
+    running: Iterable[uuid.UUID],
+) -> tuple[list[OverLimit], list[CapAlert]]:
+    """Add the streams' changes in credits to their caps' spend: the running streams whose
+    spend grew into a cap at or past its limit, and the thresholds crossed."""
+    deltas: dict[tuple[str, datetime], int] = {}
+    growing: dict[tuple[str, datetime], set[uuid.UUID]] = {}
+    for sid, now in after.items():
+        was = before.get(sid)
+        if was == now:
+            continue
+        for spend, sign in ((was, -1), (now, 1)):
+            if spend is None:
+                continue
+            subjects, created_at, nano = spend
+            for subject in subjects:
+                delta_key = (subject, created_at)
+                deltas[delta_key] = deltas.get(delta_key, 0) + sign * nano
+        if now is not None and (was is None or now[2] > was[2]):
+            for subject in now[0]:
+                growing.setdefault((subject, now[1]), set()).add(sid)
+    deltas = {key: nano for key, nano in deltas.items() if nano}
+    if not deltas:
+        return [], []
+    postgresql = db.get_bind().dialect.name == "postgresql"
+    if postgresql:
+        db.execute(_SHARED_LOCK)
+    wanted = sorted({subject for subject, _ in deltas})
+    caps = db.execute(_CAPS_OF.where(CAPS.c.subject.in_(wanted))).all()
+    if not caps:
+        return [], []
+    by_subject: dict[str, list[Any]] = {}
+    for cap in caps:
+        by_subject.setdefault(cap.subject, []).append(cap)
+    charges: dict[tuple[int, datetime], int] = {}
+    streams_of: dict[tuple[int, datetime], set[uuid.UUID]] = {}
+    for (subject, created_at), nano in deltas.items():
+        for cap in by_subject.get(subject, ()):
+            start, end = period_bounds(cap.period, parse_zone(cap.tz), created_at)
+            if end is not None and end <= cap.created_at:
+                continue  # before the cap existed: not counted (see backfill_cap)
+            charge_key = (cap.id, start)
+            charges[charge_key] = charges.get(charge_key, 0) + nano
+            streams_of.setdefault(charge_key, set()).update(growing.get((subject, created_at), ()))
+    if not charges:
+        return [], []
+    insert = (pg_insert if postgresql else sqlite_insert)(CAP_SPEND)
+    rows = [
+        {"cap_id": c, "period_start": p, "used_nano": n} for (c, p), n in sorted(charges.items())
+    ]
+    upsert = insert.values(rows).on_conflict_do_update(
+        index_elements=["cap_id", "period_start"],
+        set_={"used_nano": CAP_SPEND.c.used_nano + insert.excluded.used_nano},
+    )
+    written = db.execute(
+        upsert.returning(CAP_SPEND.c.cap_id, CAP_SPEND.c.period_start, CAP_SPEND.c.used_nano)
+    ).all()
+    cap_by_id = {cap.id: cap for cap in caps}
+    alive = set(running)
+    over: set[OverLimit] = set()
+    alerts: list[CapAlert] = []
+    for cap_id, period_start, used in written:
+        cap = cap_by_id[cap_id]
+        spent_key = (cap_id, _utc(period_start))
+        delta = charges.get(spent_key, 0)
+        old = used - delta
+        if delta > 0 and used >= cap.limit_nano:
+            code = code_for(cap.kind)
+            contributed = streams_of.get(spent_key, ())
+            over.update(OverLimit(sid, code) for sid in contributed if sid in alive)
+        for percent in (*cap.thresholds, None):
+            # In whole numbers: percent of the limit against 100 x the spend.
+            line = cap.limit_nano * (100 if percent is None else percent)
+            if old * 100 < line <= used * 100:
+                alerts.append(
+                    CapAlert(
+                        cap_id, cap.kind, cap.subject, spent_key[1], percent, used, cap.limit_nano
+                    )
+                )
+    ordered = sorted(over, key=lambda o: (str(o.stream_id), o.code))
+    return ordered, alerts
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _subject_conditions(cap: Cap) -> list[Any]:
+    if cap.kind == "user":
+        return [STREAMS.c.owner_user_id == cap.user_id]
+    if cap.kind == "team":
+        return [STREAMS.c.scope == f"t{cap.team_id}"]
+    if cap.kind == "member":
+        return [STREAMS.c.scope == f"t{cap.team_id}", STREAMS.c.owner_user_id == cap.user_id]
+    return [STREAMS.c.project_id == cap.project_id]
+
+
+def backfill_cap(db: Session, cap: Cap) -> int:
+    """Count the spend of the cap's current period from the streams already stored: the
+    period the cap starts counting in. Returns the nano-credits found."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(_EXCLUSIVE_LOCK)
+    start, end = period_bounds(cap.period, parse_zone(cap.tz), cap.created_at)
+    conditions = [
+        *_subject_conditions(cap),
+        STREAMS.c.created_at >= start,
+        STREAMS.c.started.is_(True),
+    ]
+    if end is not None:
+        conditions.append(STREAMS.c.created_at < end)
+    used = int(
+        db.scalar(select(func.coalesce(func.sum(STREAMS.c.neo_credits_nano), 0)).where(*conditions))
+        or 0
+    )
+    db.execute(CAP_SPEND.delete().where(CAP_SPEND.c.cap_id == cap.id))
+    db.execute(CAP_SPEND.insert().values(cap_id=cap.id, period_start=start, used_nano=used))
+    return used
