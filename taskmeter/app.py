@@ -24,6 +24,7 @@ from taskmeter.errors import (
     error_body,
     install_error_handlers,
 )
+from taskmeter.governance.endpoints import router as governance_router
 from taskmeter.guards import HeaderSizeLimit
 from taskmeter.heap import settle_heap
 from taskmeter.identity.endpoints import router as identity_router
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.include_router(identity_router)
     app.include_router(ingest_router)
     app.include_router(usage_router)
+    app.include_router(governance_router)
     install_dashboard(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

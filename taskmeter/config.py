@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     auth_failures_per_minute: int = Field(default=60, gt=0)
     auth_failures_per_key_per_minute: int = Field(default=10, gt=0)
+    require_credits: bool = True
+    reservation_ttl_s: int = Field(default=3600, gt=0, le=7 * 86400)
 
     @field_validator("jwt_secret")
     @classmethod

@@ -3,6 +3,7 @@
     ApiError                      raised by endpoints and dependencies
       ├── BadRequest              400 invalid_request
       ├── Unauthorized            401 unauthorized
+      ├── PaymentRequired         402 a domain code (insufficient_neo_credits, …_cap_reached)
       ├── Forbidden               403 forbidden
       ├── NotFound                404 not_exists
       ├── PayloadTooLarge         413 payload_too_large
@@ -35,6 +36,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "PaymentRequired",
     "RateLimited",
     "Unauthorized",
     "Unavailable",
@@ -49,6 +51,7 @@ log = logging.getLogger("taskmeter.errors")
 STATUS_SHAPES: dict[int, tuple[str, str, str]] = {
     400: ("Bad request", "invalid_request", "invalid request"),
     401: ("Unauthorized", "unauthorized", "unauthorized request"),
+    402: ("Payment required", "payment_required", "payment required"),
     403: ("Forbidden", "forbidden", "forbidden request"),
     404: ("Not found", "not_exists", "not found"),
     405: ("Method not allowed", "invalid_request", "invalid request"),
@@ -117,12 +120,19 @@ class ApiError(Exception):
     status = 500
 
     def __init__(
-        self, detail: str, *, code: str | None = None, retry_after: int | None = None
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        retry_after: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.code = code
         self.retry_after = retry_after
+        # Fields added to the ErrorResponse (e.g. which cap refused, with its figures).
+        self.extra = extra
 
 
 class BadRequest(ApiError):
@@ -131,6 +141,10 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
+
+
+class PaymentRequired(ApiError):
+    status = 402
 
 
 class Forbidden(ApiError):
@@ -202,6 +216,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.detail)
+        if exc.extra:
+            body = {**error_body(exc.status, exc.detail, code=exc.code), **exc.extra}
+            return JSONResponse(body, status_code=exc.status)
         return _response(exc.status, exc.detail, code=exc.code, retry_after=exc.retry_after)
 
     @app.exception_handler(RequestValidationError)

@@ -15,6 +15,16 @@ the server refuses as malformed (400/413) or unauthorised (401/403) is logged an
 reported as sent. `flush(timeout)` waits for the queue to drain; `close()` flushes and stops;
 both run at interpreter exit. An exception inside `with recorder.stream(…)` finishes the
 stream as `error` with the exception's message, and propagates.
+
+Spend governance: `recorder.stream(…, authorize=True)` asks `POST /api/v1/usage/authorize`
+first and raises `SpendingCapReached` or `InsufficientCredits` (both `SpendRefused`, a
+`TaskmeterError`) before anything is recorded; a stream whose ingested spend passes a cap's
+hard limit is reported to `Recorder(on_over_limit=callback)` and shows `s.over_limit` true.
+
+    TaskmeterError
+      └── SpendRefused              402 from authorize
+            ├── SpendingCapReached  user_spending_cap_reached, project_spending_cap_reached
+            └── InsufficientCredits insufficient_neo_credits
 """
 
 from __future__ import annotations
@@ -35,7 +45,15 @@ from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
-__all__ = ["Recorder", "StreamRecorder"]
+from taskmeter.client import TaskmeterError
+
+__all__ = [
+    "InsufficientCredits",
+    "Recorder",
+    "SpendRefused",
+    "SpendingCapReached",
+    "StreamRecorder",
+]
 
 log = logging.getLogger("taskmeter.recorder")
 P = ParamSpec("P")
@@ -45,6 +63,22 @@ RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+class SpendRefused(TaskmeterError):
+    """authorize answered 402: `code` says why, `body` is the whole ErrorResponse."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(402, str(body.get("code")), str(body.get("message")))
+        self.body = body
+
+
+class SpendingCapReached(SpendRefused):
+    """A user's, team member's, team's or project's cap is reached (`body["cap"]`)."""
+
+
+class InsufficientCredits(SpendRefused):
+    """The credit account cannot cover the stream (`body["credits"]`)."""
 
 
 class StreamRecorder:
@@ -58,6 +92,12 @@ class StreamRecorder:
         self.stream_id = stream_id
         self._started = started
         self._finished = False
+        self.reservation_id: str | None = None
+
+    @property
+    def over_limit(self) -> bool:
+        """Whether ingestion reported this stream past a cap's hard limit: time to stop."""
+        return self.stream_id in self._recorder.over_limit
 
     def _emit(self, kind: str, time: str | None = None, **fields: Any) -> None:
         self._recorder._enqueue(
@@ -185,6 +225,7 @@ class Recorder:
         max_backoff: float = 30.0,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        on_over_limit: Callable[[list[dict[str, str]]], None] | None = None,
     ) -> None:
         self._client_args: dict[str, Any] = {
             "base_url": base_url,
@@ -202,6 +243,9 @@ class Recorder:
         self._stop_deadline = float("inf")  # set by close(): how long unsent batches retry
         self.sent = 0
         self.dropped = 0
+        self.on_over_limit = on_over_limit
+        # Stream ids ingestion reported past a hard limit, and their codes.
+        self.over_limit: dict[str, str] = {}
         self._start_worker()
         atexit.register(self.close)
         if hasattr(os, "register_at_fork"):
@@ -226,13 +270,49 @@ class Recorder:
         title: str | None = None,
         is_byok: bool = False,
         stream_id: str | None = None,
+        project: str | None = None,
+        authorize: bool = False,
+        estimate_credits: float | str | None = None,
     ) -> StreamRecorder:
-        """A stream of `task_id`; use it as a context manager."""
-        return StreamRecorder(
+        """A stream of `task_id`; use it as a context manager. With `authorize`, taskmeter is
+        asked first (raising `SpendRefused` if it refuses) and holds `estimate_credits`."""
+        stream = StreamRecorder(
             self,
             task_id,
             stream_id or str(uuid.uuid4()),
-            {"user": user, "model": model, "task_title": title, "is_byok": is_byok},
+            {
+                "user": user, "model": model, "task_title": title, "is_byok": is_byok,
+                "project": project,
+            },
+        )  # fmt: skip
+        if authorize:
+            stream.reservation_id = self.authorize(
+                user=user, project=project, task_id=task_id, stream_id=stream.stream_id,
+                estimate_credits=estimate_credits,
+            )["reservation_id"]  # fmt: skip
+        return stream
+
+    def authorize(self, **request: Any) -> dict[str, Any]:
+        """`POST /api/v1/usage/authorize` now: the answer, or `SpendRefused` on 402."""
+        body = {k: v for k, v in request.items() if v is not None}
+        with self._session() as client:
+            try:
+                answer = client.post("/api/v1/usage/authorize", json=body)
+            except httpx.TransportError as exc:
+                raise TaskmeterError(0, "unreachable", str(exc)) from exc
+        document: dict[str, Any] = answer.json() if answer.content else {}
+        if answer.status_code == 200:
+            return document
+        if answer.status_code == 402:
+            code = document.get("code")
+            if code == "insufficient_neo_credits":
+                raise InsufficientCredits(document)
+            raise SpendingCapReached(document)
+        raise TaskmeterError(
+            answer.status_code,
+            str(document.get("code", "error")),
+            str(document.get("message", answer.text[:300])),
+            document.get("error_id"),
         )
 
     def _enqueue(self, event: dict[str, Any]) -> None:
@@ -292,6 +372,8 @@ class Recorder:
                             rejected["code"],
                             rejected["message"],
                         )
+                    if body.get("over_limit"):
+                        self._report_over_limit(body["over_limit"])
                     return
                 if answer.status_code not in RETRYABLE:
                     self.dropped += len(batch)
@@ -310,6 +392,15 @@ class Recorder:
                 return
             time.sleep(min(self.max_backoff, retry_after if retry_after else backoff))
             backoff = min(self.max_backoff, backoff * 2)
+
+    def _report_over_limit(self, streams: list[dict[str, str]]) -> None:
+        for entry in streams:
+            self.over_limit[entry["stream_id"]] = entry["code"]
+        if self.on_over_limit is not None:
+            try:
+                self.on_over_limit(streams)
+            except Exception:
+                log.exception("taskmeter recorder: the on_over_limit callback raised")
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every recorded event was delivered (or dropped); False on timeout."""

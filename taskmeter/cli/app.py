@@ -9,6 +9,7 @@ import typer
 import typer.core
 
 from taskmeter.cli.credits import credits
+from taskmeter.cli.governance import caps, projects
 from taskmeter.cli.identity import keys, teams, users
 from taskmeter.cli.server import db, serve
 from taskmeter.cli.usage import demo, usage
@@ -51,6 +52,8 @@ app.add_typer(users, name="users")
 app.add_typer(teams, name="teams")
 app.add_typer(keys, name="keys")
 app.add_typer(credits, name="credits")
+app.add_typer(projects, name="projects")
+app.add_typer(caps, name="caps")
 app.add_typer(db, name="db")
 app.add_typer(prices, name="prices")
 app.command("serve")(serve)

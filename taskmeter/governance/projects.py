@@ -134,4 +134,4 @@ def project_names(db: Session, ids: Iterable[int]) -> dict[int, str]:
     if not wanted:
         return {}
     rows = db.execute(select(PROJECTS.c.id, PROJECTS.c.name).where(PROJECTS.c.id.in_(wanted)))
-    return dict(rows.tuples())
+    return {k: v for k, v in rows}

@@ -137,6 +137,7 @@ READ_ATTRIBUTES = frozenset(
         "gen_ai.usage.input_tokens",
         "gen_ai.usage.output_tokens",
         "taskmeter.is_byok",
+        "taskmeter.project",
         "taskmeter.task_id",
         "taskmeter.task_title",
         "user.email",
@@ -296,6 +297,8 @@ def _trace_events(
                 started["task_title"] = str(a["taskmeter.task_title"])
             if isinstance(a.get("taskmeter.is_byok"), bool):
                 started["is_byok"] = a["taskmeter.is_byok"]
+            if a.get("taskmeter.project"):
+                started["project"] = str(a["taskmeter.project"])
             event("stream.started", f"{span_hex}.start", item.start, span_hex, started)
             status = item.span.status
             failed = status.code == Status.STATUS_CODE_ERROR

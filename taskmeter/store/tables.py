@@ -49,10 +49,10 @@ __all__ = [
     "USAGE_EVENTS",
     "USERS",
     "AnyStream",
-    "Cap",
-    "CapSpend",
     "ApiKey",
     "Base",
+    "Cap",
+    "CapSpend",
     "CreditGrant",
     "Membership",
     "OwnerMonth",
@@ -518,9 +518,7 @@ class CapSpend(Base):
 
     __tablename__ = "cap_spend"
 
-    cap_id: Mapped[int] = mapped_column(
-        ForeignKey("caps.id", ondelete="CASCADE"), primary_key=True
-    )
+    cap_id: Mapped[int] = mapped_column(ForeignKey("caps.id", ondelete="CASCADE"), primary_key=True)
     period_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     used_nano: Mapped[int] = mapped_column(BigInteger, default=0)
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 
 from taskmeter.deps import ScopeDep, StoreDep
 from taskmeter.errors import BadRequest, Forbidden, NotFound
+from taskmeter.governance.scoped import caps_in_scope
 from taskmeter.identity.principal import Scope
 from taskmeter.jsonio import JSONBody
 from taskmeter.usage import repository
@@ -109,7 +110,10 @@ def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONBody:
 def get_summary(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     query = parse_summary(request.query_params)
     with store.read() as db:
-        return JSONBody(summarise(db, scope, query))
+        body = summarise(db, scope, query)
+        # The scope's caps with their current period (an addition to the published summary).
+        body["caps"] = caps_in_scope(db, scope)
+        return JSONBody(body)
 
 
 _document(

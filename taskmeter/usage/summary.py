@@ -54,7 +54,7 @@ from taskmeter.usage.rollups import (
     task_contribution,
 )
 
-__all__ = ["MAX_PERIODS", "summarise"]
+__all__ = ["MAX_PERIODS", "charged_since", "credit_account", "summarise"]
 
 MAX_PERIODS = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -491,7 +491,7 @@ def summarise(db: Session, scope: Scope, query: SummaryQuery) -> dict[str, Any]:
     return _Summary(db, scope, query).run()
 
 
-def _charged_since(db: Session, scope: Scope, since: datetime | None) -> int:
+def charged_since(db: Session, scope_key: str, since: datetime | None) -> int:
     """Credits charged to the account by its streams created at or after `since`, running
     streams included (usage counts against the balance at once)."""
     edge = 0
@@ -501,7 +501,7 @@ def _charged_since(db: Session, scope: Scope, since: datetime | None) -> int:
         edge = int(
             db.scalar(
                 select(func.coalesce(func.sum(Stream.neo_credits_nano), 0)).where(
-                    Stream.scope == scope.key,
+                    Stream.scope == scope_key,
                     Stream.created_at >= since,
                     Stream.created_at < _bucket_time(first),
                 )
@@ -515,7 +515,7 @@ def _charged_since(db: Session, scope: Scope, since: datetime | None) -> int:
             total += int(
                 db.scalar(
                     select(func.coalesce(func.sum(table.neo_credits_nano), 0)).where(
-                        table.scope == scope.key, _in_spans(table.bucket, spans)
+                        table.scope == scope_key, _in_spans(table.bucket, spans)
                     )
                 )
                 or 0
@@ -537,7 +537,7 @@ def credit_account(db: Session, scope: Scope) -> dict[str, Any]:
     ).all()
     live = [(amount, expires) for amount, expires in grants if expires is None or expires > now]
     issued = sum(amount for amount, _ in live)
-    used = _charged_since(db, scope, reset_at)
+    used = charged_since(db, scope.key, reset_at)
     expiries = [expires for _, expires in live if expires is not None]
     expired = bool(grants) and not live
     return {
