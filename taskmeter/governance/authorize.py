@@ -43,7 +43,7 @@ from taskmeter.store.tables import (
     User,
 )
 from taskmeter.timeutil import utc_now
-from taskmeter.usage.summary import charged_since
+from taskmeter.usage.account import charged_since
 
 __all__ = ["AuthorizeRequest", "Payer", "authorize", "held_against", "open_holds", "release"]
 

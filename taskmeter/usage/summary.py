@@ -13,15 +13,12 @@ days, ISO weeks or months.
 from __future__ import annotations
 
 import functools
-import math
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, select, text
+from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.orm import Session
 
 from taskmeter.errors import BadRequest
@@ -29,7 +26,6 @@ from taskmeter.identity.principal import Scope
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.engine import one_snapshot
 from taskmeter.store.tables import (
-    CreditGrant,
     OwnerMonth,
     ScopeHour,
     Stream,
@@ -38,13 +34,24 @@ from taskmeter.store.tables import (
     Task,
     TaskRollup,
     TaskRollupMonth,
-    Team,
     User,
 )
 from taskmeter.timeutil import utc_now
+from taskmeter.usage.account import credit_account
+from taskmeter.usage.buckets import (
+    Span,
+    bucket_bounds,
+    bucket_time,
+    grain_buckets,
+    in_spans,
+    next_hour,
+    next_month,
+    next_period,
+    period_start,
+    split_spans,
+)
 from taskmeter.usage.params import SummaryQuery, Window
 from taskmeter.usage.rollups import (
-    BUCKET_S,
     HOUR_BUCKETS,
     STREAM_VALUES,
     TASK_KEY_COLUMNS,
@@ -54,7 +61,7 @@ from taskmeter.usage.rollups import (
     task_contribution,
 )
 
-__all__ = ["MAX_PERIODS", "charged_since", "credit_account", "summarise"]
+__all__ = ["MAX_PERIODS", "summarise"]
 
 MAX_PERIODS = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -136,93 +143,6 @@ class Totals:
             self.byok_tasks += n
 
 
-def _period_start(local_day: date, group_by: str) -> date:
-    if group_by == "week":
-        return local_day - timedelta(days=local_day.weekday())
-    if group_by == "month":
-        return local_day.replace(day=1)
-    return local_day
-
-
-def _next_period(start: date, group_by: str) -> date:
-    if group_by == "day":
-        return start + timedelta(days=1)
-    if group_by == "week":
-        return start + timedelta(days=7)
-    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
-def _grain_buckets(zone: ZoneInfo, start: datetime, end: datetime) -> int:
-    """How many 15-minute buckets can be grouped and still fall in one local day."""
-    offsets: set[int] = set()
-    probe = start
-    step = timedelta(days=7)
-    while True:
-        utc_offset = probe.astimezone(zone).utcoffset()
-        offsets.add(int(utc_offset.total_seconds()) if utc_offset else 0)
-        if probe >= end:
-            break
-        probe = min(end, probe + step)
-    grain = 86_400
-    for offset in offsets:
-        grain = math.gcd(grain, abs(offset) % 86_400 or 86_400)
-    return max(1, grain // BUCKET_S)
-
-
-def _bucket_bounds(window: Window) -> tuple[int | None, int | None]:
-    """The whole buckets inside the window: [first, last)."""
-    first = None if window.start is None else math.ceil(window.start.timestamp() / BUCKET_S)
-    last = None if window.end is None else math.floor(window.end.timestamp() / BUCKET_S)
-    return first, last
-
-
-def _bucket_time(bucket: int) -> datetime:
-    return EPOCH + timedelta(seconds=bucket * BUCKET_S)
-
-
-Span = tuple[int | None, int | None]  # buckets [low, high); None is open
-
-
-def _next_month(bucket: int) -> int:
-    """The first bucket of the first UTC month starting at or after `bucket`."""
-    start = month_of(bucket)
-    return start if start == bucket else month_of(start + 31 * 86_400 // BUCKET_S)
-
-
-def _next_hour(bucket: int) -> int:
-    return hour_of(bucket + HOUR_BUCKETS - 1)
-
-
-def _split(
-    span: Span, floor: Callable[[int], int], ceil: Callable[[int], int]
-) -> tuple[Span | None, list[Span]]:
-    """Split [first, last) into the whole coarse units inside it and the fine rest at its ends."""
-    first, last = span
-    low = None if first is None else ceil(first)
-    high = None if last is None else floor(last)
-    if low is not None and high is not None and low >= high:
-        return None, [span]
-    fine: list[Span] = []
-    if first is not None and low is not None and first < low:
-        fine.append((first, low))
-    if last is not None and high is not None and high < last:
-        fine.append((high, last))
-    return (low, high), fine
-
-
-def _in_spans(bucket: Any, spans: list[Span]) -> ColumnElement[bool]:
-    """`bucket` inside any of the spans (false for none)."""
-    ranges = []
-    for low, high in spans:
-        bounds = []
-        if low is not None:
-            bounds.append(bucket >= low)
-        if high is not None:
-            bounds.append(bucket < high)
-        ranges.append(and_(*bounds) if bounds else bucket.is_not(None))
-    return or_(*ranges) if ranges else false()
-
-
 def _owner_first(row: Any, monthly: bool) -> tuple[int | None, tuple[Any, ...]]:
     """A breakdown row as (owner, the rest); monthly rows carry no owner."""
     return (None, tuple(row)) if monthly else (row[0], tuple(row[1:]))
@@ -237,7 +157,7 @@ class _Summary:
 
     def _period_of(self, moment: datetime) -> date:
         assert self.query.group_by is not None
-        return _period_start(moment.astimezone(self.query.tz).date(), self.query.group_by)
+        return period_start(moment.astimezone(self.query.tz).date(), self.query.group_by)
 
     def _totals(self, spans: list[Span], *, monthly: bool) -> None:
         """Add the breakdowns of one rollup tier over the given spans: the 15-minute rows by
@@ -253,7 +173,7 @@ class _Summary:
             select(*owner, streams.model, streams.is_byok, *sums)
             .where(
                 streams.scope == self.scope.key,
-                _in_spans(streams.bucket, spans),
+                in_spans(streams.bucket, spans),
                 streams.finished.is_(True),
             )
             .group_by(*owner, streams.model, streams.is_byok)
@@ -263,7 +183,7 @@ class _Summary:
         owner = [] if monthly else [tasks.owner_user_id]
         for row in self.db.execute(
             select(*owner, tasks.model, tasks.status, tasks.is_byok, func.sum(tasks.tasks))
-            .where(tasks.scope == self.scope.key, _in_spans(tasks.bucket, spans))
+            .where(tasks.scope == self.scope.key, in_spans(tasks.bucket, spans))
             .group_by(*owner, tasks.model, tasks.status, tasks.is_byok)
         ):
             who, (model, status, is_byok, n) = _owner_first(row, monthly)
@@ -276,7 +196,7 @@ class _Summary:
                 func.sum(OwnerMonth.neo_credits_nano),
                 func.sum(OwnerMonth.tasks),
             )
-            .where(OwnerMonth.scope == self.scope.key, _in_spans(OwnerMonth.bucket, spans))
+            .where(OwnerMonth.scope == self.scope.key, in_spans(OwnerMonth.bucket, spans))
             .group_by(OwnerMonth.owner_user_id)
         ):
             self.totals.owners[who][0] += int(neo or 0)
@@ -302,16 +222,16 @@ class _Summary:
             unit = table.bucket // grain if grain > 1 else table.bucket
             for unit_value, *amounts in self.db.execute(
                 select(unit, *(func.sum(c) for c in columns))
-                .where(table.scope == self.scope.key, _in_spans(table.bucket, spans), *extra)
+                .where(table.scope == self.scope.key, in_spans(table.bucket, spans), *extra)
                 .group_by(unit)
             ):
-                period = self.totals.periods[self._period_of(_bucket_time(int(unit_value) * grain))]
+                period = self.totals.periods[self._period_of(bucket_time(int(unit_value) * grain))]
                 for i, amount in enumerate(amounts):
                     period[slots + i] += int(amount or 0)
             slots += len(columns)
 
     def _rollups(self, first: int | None, last: int | None, grain: int) -> None:
-        months, fine = _split((first, last), month_of, _next_month)
+        months, fine = split_spans((first, last), month_of, next_month)
         self._totals([months] if months else [], monthly=True)
         self._totals(fine, monthly=False)
         if self.query.group_by is None:
@@ -319,7 +239,7 @@ class _Summary:
         if grain % HOUR_BUCKETS:  # a zone with :30 or :45 offsets: 15-minute rows throughout
             self._series([(first, last)], grain, hourly=False)
             return
-        hours, fine = _split((first, last), hour_of, _next_hour)
+        hours, fine = split_spans((first, last), hour_of, next_hour)
         self._series([hours] if hours else [], grain, hourly=True)
         self._series(fine, grain, hourly=False)
 
@@ -366,7 +286,7 @@ class _Summary:
         ).one()
         if low is None:
             return None
-        return _bucket_time(int(low)), _bucket_time(int(high) + 1)
+        return bucket_time(int(low)), bucket_time(int(high) + 1)
 
     def _periods(self, window: Window) -> list[dict[str, Any]]:
         assert self.query.group_by is not None
@@ -387,7 +307,7 @@ class _Summary:
                     f"the range holds more than {MAX_PERIODS} {group_by} periods; "
                     "narrow from/to or group by a longer period"
                 )
-            current = _next_period(current, group_by)
+            current = next_period(current, group_by)
         return [
             {
                 "date": p.isoformat(),
@@ -400,7 +320,7 @@ class _Summary:
     def run(self) -> dict[str, Any]:
         window = self.query.window
         if not window.empty:
-            first, last = _bucket_bounds(window)
+            first, last = bucket_bounds(window)
             if first is not None and last is not None and first >= last:
                 assert window.start is not None and window.end is not None
                 self._edge_rows(window.start, window.end)
@@ -408,16 +328,16 @@ class _Summary:
                 grain = 1
                 span = self._data_span if self.query.group_by is not None else None
                 if span is not None:
-                    grain = _grain_buckets(
+                    grain = grain_buckets(
                         self.query.tz,
                         max(window.start or span[0], span[0]),
                         min(window.end or span[1], span[1]),
                     )
                 self._rollups(first, last, grain)
                 if window.start is not None and first is not None:
-                    self._edge_rows(window.start, _bucket_time(first))
+                    self._edge_rows(window.start, bucket_time(first))
                 if window.end is not None and last is not None:
-                    self._edge_rows(_bucket_time(last), window.end)
+                    self._edge_rows(bucket_time(last), window.end)
         return self._response(window)
 
     def _response(self, window: Window) -> dict[str, Any]:
@@ -489,62 +409,3 @@ def summarise(db: Session, scope: Scope, query: SummaryQuery) -> dict[str, Any]:
         # For this transaction only.
         db.execute(text("SET LOCAL work_mem = '32MB'"))
     return _Summary(db, scope, query).run()
-
-
-def charged_since(db: Session, scope_key: str, since: datetime | None) -> int:
-    """Credits charged to the account by its streams created at or after `since`, running
-    streams included (usage counts against the balance at once)."""
-    edge = 0
-    first = None
-    if since is not None:
-        first = math.ceil(since.timestamp() / BUCKET_S)
-        edge = int(
-            db.scalar(
-                select(func.coalesce(func.sum(Stream.neo_credits_nano), 0)).where(
-                    Stream.scope == scope_key,
-                    Stream.created_at >= since,
-                    Stream.created_at < _bucket_time(first),
-                )
-            )
-            or 0
-        )
-    months, fine = _split((first, None), month_of, _next_month)
-    total = edge
-    for table, spans in ((StreamRollupMonth, [months] if months else []), (StreamRollup, fine)):
-        if spans:
-            total += int(
-                db.scalar(
-                    select(func.coalesce(func.sum(table.neo_credits_nano), 0)).where(
-                        table.scope == scope_key, _in_spans(table.bucket, spans)
-                    )
-                )
-                or 0
-            )
-    return total
-
-
-def credit_account(db: Session, scope: Scope) -> dict[str, Any]:
-    """The credit account of the caller's scope (SEMANTICS.md, Credit accounts)."""
-    if scope.kind == "team":
-        owner_filter = CreditGrant.team_id == scope.team_id
-        reset_at = db.scalar(select(Team.credits_reset_at).where(Team.id == scope.team_id))
-    else:
-        owner_filter = CreditGrant.user_id == scope.user_id
-        reset_at = db.scalar(select(User.credits_reset_at).where(User.id == scope.user_id))
-    now = utc_now()
-    grants = db.execute(
-        select(CreditGrant.amount_nano, CreditGrant.expires_at).where(owner_filter)
-    ).all()
-    live = [(amount, expires) for amount, expires in grants if expires is None or expires > now]
-    issued = sum(amount for amount, _ in live)
-    used = charged_since(db, scope.key, reset_at)
-    expiries = [expires for _, expires in live if expires is not None]
-    expired = bool(grants) and not live
-    return {
-        "total_issued_neo_credits": credits_from_nano(issued),
-        "total_available_neo_credits": credits_from_nano(max(0, issued - used)),
-        "total_neo_credits_post_reset": credits_from_nano(used),
-        "last_credit_reset": _iso(reset_at),
-        "neo_credits_expires_at": _iso(min(expiries)) if expiries else None,
-        "neo_credits_is_expired": expired,
-    }
