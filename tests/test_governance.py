@@ -426,3 +426,41 @@ def test_the_recorder_authorizes_first_and_reports_over_limit(
         assert capped.value.code == "user_spending_cap_reached"
     finally:
         recorder.close()
+
+
+# --- the read side ---------------------------------------------------------------------
+
+
+def test_rows_carry_their_project_and_the_reads_filter_by_it(
+    client: TestClient, org: dict[str, Any]
+) -> None:
+    key, admin = org["service"], org["admin"]
+    ingest(client, key, stream_batch("dev@acme.test", credits="2", project="recon", finished=True,
+                                     task_id="in-project")[1])  # fmt: skip
+    ingest(client, key, stream_batch("dev@acme.test", credits="1", finished=True,
+                                     task_id="no-project")[1])  # fmt: skip
+    streams = client.get("/api/v1/usage/streams", headers=admin.headers).json()["data"]
+    assert {(s["task_id"], s.get("project")) for s in streams} == {
+        ("in-project", "recon"), ("no-project", None),
+    }  # fmt: skip
+    only = client.get("/api/v1/usage/tasks?project=recon", headers=admin.headers).json()
+    assert [t["task_id"] for t in only["data"]] == ["in-project"] and only["total"] == 1
+    assert only["data"][0]["project"] == "recon"
+    one = client.get("/api/v1/usage/tasks/in-project", headers=admin.headers).json()
+    assert one["project"] == "recon" and one["email"] == "dev@acme.test"
+    assert (
+        "project" not in client.get("/api/v1/usage/tasks/no-project", headers=admin.headers).json()
+    )
+    # A project of another scope matches nothing.
+    none = client.get("/api/v1/usage/streams?project=side", headers=admin.headers).json()
+    assert none == {"data": [], "total": 0, "has_more": False}
+    summary = client.get("/api/v1/usage/summary", headers=admin.headers).json()
+    assert summary["total_neo_credits"] == 3.0
+    assert summary["by_project"] == [
+        {"project": "recon", "neo_credits": 2.0, "streams": 1, "tasks": 1}
+    ]
+    scoped = client.get("/api/v1/usage/summary?project=recon", headers=admin.headers).json()
+    assert scoped["total_neo_credits"] == 2.0 and scoped["total_tasks"] == 1
+    assert list(scoped["by_model"]) == ["gpt-4o"]
+    nothing = client.get("/api/v1/usage/summary?project=nope", headers=admin.headers).json()
+    assert nothing["total_neo_credits"] == 0 and nothing["total_tasks"] == 0

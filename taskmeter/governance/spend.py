@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from taskmeter.governance.caps import stream_subjects
 from taskmeter.governance.periods import parse_zone, period_bounds
-from taskmeter.store.tables import CAP_SPEND, CAPS, STREAMS, AnyStream, Cap
+from taskmeter.store.tables import CAP_SPEND, CAPS, PROJECTS, STREAMS, AnyStream, Cap
 
 __all__ = ["CapAlert", "OverLimit", "backfill_cap", "charge_caps", "spend_of"]
 
@@ -178,7 +178,8 @@ def _subject_conditions(cap: Cap) -> list[Any]:
         return [STREAMS.c.scope == f"t{cap.team_id}"]
     if cap.kind == "member":
         return [STREAMS.c.scope == f"t{cap.team_id}", STREAMS.c.owner_user_id == cap.user_id]
-    return [STREAMS.c.project_id == cap.project_id]
+    scope = select(PROJECTS.c.scope).where(PROJECTS.c.id == cap.project_id).scalar_subquery()
+    return [STREAMS.c.scope == scope, STREAMS.c.project_id == cap.project_id]
 
 
 def backfill_cap(db: Session, cap: Cap) -> int:

@@ -215,6 +215,15 @@ class Stream(Base):
         ),
         Index("ix_streams_scope_task", "scope", "task_id"),
         Index("ix_streams_scope_owner_created", "scope", "owner_user_id", "created_at"),
+        # A project's streams: the summary's by_project and a project cap's first period.
+        Index(
+            "ix_streams_scope_project",
+            "scope",
+            "project_id",
+            "created_at",
+            sqlite_where=text("project_id IS NOT NULL"),
+            postgresql_where=text("project_id IS NOT NULL"),
+        ),
         # The sweeper's question, "which open streams went quiet?", reads only open streams.
         Index(
             "ix_streams_open_idle",

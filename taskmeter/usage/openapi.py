@@ -200,6 +200,39 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "by_project": {
+            "type": "array",
+            "description": "Extension: finished streams' credits, streams and tasks per project",
+            "items": {
+                "type": "object",
+                "required": ["project", "neo_credits", "streams", "tasks"],
+                "properties": {
+                    "project": {"type": "string"},
+                    "neo_credits": _MONEY,
+                    "streams": {"type": "integer"},
+                    "tasks": {"type": "integer"},
+                },
+            },
+        },
+        "caps": {
+            "type": "array",
+            "description": "Extension: the caps in scope, with their current period",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["user", "team", "member", "project"]},
+                    "period": {"type": "string", "enum": ["day", "week", "month", "total"]},
+                    "tz": {"type": "string"},
+                    "limit_credits": _MONEY,
+                    "used_credits": _MONEY,
+                    "reserved_credits": _MONEY,
+                    "remaining_credits": _MONEY,
+                    "thresholds": {"type": "array", "items": {"type": "integer"}},
+                    "resets_at": _nullable("string", format="date-time"),
+                },
+            },
+        },
         "by_email": {
             "type": "array",
             "description": "Team admins only",
@@ -261,6 +294,12 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 _FROM = _query("from", "Filter from datetime (ISO 8601)", {"format": "date-time", "type": "string"})
 _TO = _query("to", "Filter to datetime (ISO 8601)", {"format": "date-time", "type": "string"})
+_PROJECT = _query(
+    "project",
+    "Filter by project name (extension; a project of the caller's team or own usage)",
+    {"type": "string"},
+)
+
 _COMMON_LIST = [
     _query("task_id", "Filter by task ID", {"type": "string"}),
     _query("stream_id", "Filter by specific stream ID", {"format": "uuid", "type": "string"}),
@@ -291,6 +330,7 @@ _COMMON_LIST = [
         "Filter by BYOK status (true = only BYOK streams, false = only non-BYOK streams)",
         {"type": "boolean"},
     ),
+    _PROJECT,
 ]
 
 PARAMETERS: dict[str, list[dict[str, Any]]] = {
@@ -325,6 +365,7 @@ PARAMETERS: dict[str, list[dict[str, Any]]] = {
             "IANA time zone in which periods are cut (extension; default UTC)",
             {"default": "UTC", "type": "string", "enum": TIME_ZONES},
         ),
+        _PROJECT,
     ],
 }
 

@@ -51,12 +51,13 @@ class UsageFilters:
     email: str | None = None
     is_byok: bool | None = None
     search: str | None = None
+    project: str | None = None
 
     @property
     def matches_nothing(self) -> bool:
         # A NUL can be in no stored string (ingestion refuses it); PostgreSQL cannot even
         # compare against one, so such a filter short-circuits to an empty page.
-        texts = (self.task_id, self.model, self.email, self.search)
+        texts = (self.task_id, self.model, self.email, self.search, self.project)
         return self.window.empty or any(t is not None and "\x00" in t for t in texts)
 
 
@@ -161,6 +162,7 @@ def parse_filters(params: QueryParams, *, allow_search: bool, allow_stream: bool
         email=_one(params, "email"),
         is_byok=_bool("is_byok", _one(params, "is_byok")),
         search=_one(params, "search") if allow_search else None,
+        project=_one(params, "project"),
     )
 
 
@@ -181,6 +183,7 @@ class SummaryQuery:
     window: Window
     group_by: Literal["day", "week", "month"] | None
     tz: ZoneInfo
+    project: str | None = None
 
 
 def parse_summary(params: QueryParams) -> SummaryQuery:
@@ -193,4 +196,9 @@ def parse_summary(params: QueryParams) -> SummaryQuery:
         zone = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise BadRequest(f"tz: {tz_name!r} is not an IANA time zone name") from None
-    return SummaryQuery(window=_window(params), group_by=group_by, tz=zone)  # type: ignore[arg-type]
+    return SummaryQuery(
+        window=_window(params),
+        group_by=group_by,  # type: ignore[arg-type]
+        tz=zone,
+        project=_one(params, "project"),
+    )

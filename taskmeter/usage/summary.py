@@ -51,6 +51,8 @@ from taskmeter.usage.buckets import (
     split_spans,
 )
 from taskmeter.usage.params import SummaryQuery, Window
+from taskmeter.usage.projects import by_project
+from taskmeter.usage.repository import project_id_in_scope
 from taskmeter.usage.rollups import (
     HOUR_BUCKETS,
     STREAM_VALUES,
@@ -65,6 +67,7 @@ __all__ = ["MAX_PERIODS", "summarise"]
 
 MAX_PERIODS = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -154,6 +157,8 @@ class _Summary:
         self.scope = scope
         self.query = query
         self.totals = Totals()
+        # With a `project` filter: its id in the scope (None: no such project, nothing counts).
+        self.project_id: int | None = None
 
     def _period_of(self, moment: datetime) -> date:
         assert self.query.group_by is not None
@@ -247,12 +252,14 @@ class _Summary:
         """Streams and tasks created in a partial bucket at the window's edge, read exactly."""
         if start >= end:
             return
+        project = [] if self.project_id is None else [Stream.project_id == self.project_id]
         for stream in self.db.scalars(
             select(Stream).where(
                 Stream.scope == self.scope.key,
                 Stream.status.is_not(None),
                 Stream.created_at >= start,
                 Stream.created_at < end,
+                *project,
             )
         ):
             contribution = stream_contribution(stream)
@@ -265,7 +272,10 @@ class _Summary:
                 self.totals.periods[self._period_of(stream.created_at)][0] += values[1]
         for values in self.db.execute(
             select(*(getattr(Task, name) for name in TASK_KEY_COLUMNS)).where(
-                Task.scope == self.scope.key, Task.created_at >= start, Task.created_at < end
+                Task.scope == self.scope.key,
+                Task.created_at >= start,
+                Task.created_at < end,
+                *([] if self.project_id is None else [Task.project_id == self.project_id]),
             )
         ):
             figures = dict(zip(TASK_KEY_COLUMNS, values, strict=True))
@@ -319,6 +329,13 @@ class _Summary:
 
     def run(self) -> dict[str, Any]:
         window = self.query.window
+        if self.query.project is not None:
+            # The rollups have no project: a project's figures are read from its rows (the
+            # partial index on scope, project and created_at), exactly.
+            self.project_id = project_id_in_scope(self.db, self.scope, self.query.project)
+            if self.project_id is not None and not window.empty:
+                self._edge_rows(window.start or EPOCH, window.end or FAR_FUTURE)
+            return self._response(window)
         if not window.empty:
             first, last = bucket_bounds(window)
             if first is not None and last is not None and first >= last:
@@ -394,6 +411,7 @@ class _Summary:
             total_agent_triggers=t.agent_triggers,
             total_execution_ms=t.execution_ms,
         )
+        body["by_project"] = by_project(self.db, self.scope, window)
         body.update(credit_account(self.db, self.scope))
         return body
 

@@ -101,9 +101,18 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("project_id", sa.Integer(), nullable=True))
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("project_id", sa.Integer(), nullable=True))
+    # Empty at first (no stream has a project yet): created at once, whatever the table's size.
+    op.create_index(
+        "ix_streams_scope_project",
+        "streams",
+        ["scope", "project_id", "created_at"],
+        sqlite_where=sa.text("project_id IS NOT NULL"),
+        postgresql_where=sa.text("project_id IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_streams_scope_project", table_name="streams")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_column("project_id")
     with op.batch_alter_table("streams", schema=None) as batch_op:
