@@ -227,6 +227,11 @@ def test_authorize_flips_to_402_as_usage_is_ingested(
 ) -> None:
     key = org["service"]
     run(cli, "caps", "set", "--team", "acme", "--user", "dev@acme.test", "--limit", "3")
+    # A stream dated next year opens a later period: this one still has everything left.
+    future = stream_batch("dev@acme.test", credits="50")[1]
+    for event in future:
+        event["time"] = (datetime.now(UTC) + timedelta(days=400)).isoformat()
+    ingest(client, key, future)
     first = authorize(client, key, user="dev@acme.test", estimate_credits=1)
     assert first.status_code == 200, first.text
     body = first.json()

@@ -185,7 +185,7 @@ def used_in_period(db: Session, cap: Cap, period_start: datetime) -> int:
 
 
 def cap_json(
-    cap: Cap,
+    cap: Any,
     *,
     used_nano: int,
     reserved_nano: int,
@@ -210,5 +210,5 @@ def cap_json(
     return body
 
 
-def current_period(cap: Cap, at: datetime) -> tuple[datetime, datetime | None]:
+def current_period(cap: Any, at: datetime) -> tuple[datetime, datetime | None]:
     return period_bounds(cap.period, parse_zone(cap.tz), at)

@@ -38,6 +38,7 @@ __all__ = [
     "API_KEYS",
     "CAPS",
     "CAP_SPEND",
+    "CREDIT_GRANTS",
     "MEMBERSHIPS",
     "PROJECTS",
     "RESERVATIONS",
@@ -560,6 +561,7 @@ class Reservation(Base):
 # `__table__` is typed as a plain FromClause).
 API_KEYS = cast(Table, ApiKey.__table__)
 MEMBERSHIPS = cast(Table, Membership.__table__)
+CREDIT_GRANTS = cast(Table, CreditGrant.__table__)
 STREAMS = cast(Table, Stream.__table__)
 TASKS = cast(Table, Task.__table__)
 TEAMS = cast(Table, Team.__table__)
