@@ -10,6 +10,11 @@ throwaway PostgreSQL database on TASKMETER_BENCH_PG_URL) or, with --into, on a s
 key, then posts realistic batches (streams with llm calls, tool calls, steps, agent
 triggers, finishes) from this process with --concurrency connections for --seconds. Prints
 sustained events/s, p50/p99 batch latency and the server's peak RSS.
+
+Spend governance: `--caps N` defines N caps before the clock starts (the run's user in a team
+of its own, with its user caps for every period, its member cap, its team's cap, and the rest
+on other users), with limits no run reaches; `--recent` dates the streams from a week ago, so
+that they fall in the caps' periods (use it for the run with `--caps 0` it is compared with).
 """
 
 from __future__ import annotations
@@ -104,17 +109,48 @@ def stream_events(rng: random.Random, user: str, start: datetime) -> list[dict[s
     return events
 
 
-def bodies(seed: int, user: str, size: int) -> Iterator[bytes]:
+def bodies(seed: int, user: str, size: int, start: datetime) -> Iterator[bytes]:
     """Request bodies of `size` events, the streams of one agent worker in order, forever."""
     rng = random.Random(seed)
     pending: list[dict[str, Any]] = []
-    start = datetime(2026, 1, 1, tzinfo=UTC)
     while True:
         while len(pending) < size:
             start += timedelta(seconds=rng.randint(1, 600))
             pending.extend(stream_events(rng, user, start))
         yield orjson.dumps({"events": pending[:size]})
         pending = pending[size:]
+
+
+def define_caps(url: str, user: str, count: int) -> None:
+    """`count` caps: the run's user's (every period), its member and team caps, then one on
+    each of as many other users as are left."""
+    from taskmeter.config import normalise_database_url
+    from taskmeter.governance.caps import CapTarget, set_cap
+    from taskmeter.identity import service
+    from taskmeter.store import Store
+    from taskmeter.store.tables import Membership
+
+    store = Store(normalise_database_url(url))
+    limit = 10**18  # never reached: the run measures counting, not refusing
+    try:
+        with store.write() as db:
+            owner = service.find_user(db, user)
+            membership = db.get(Membership, owner.id)
+            assert membership is not None
+            targets = [(CapTarget("user", user_id=owner.id), p) for p in ("day", "week", "month")]
+            targets += [
+                (CapTarget("user", user_id=owner.id), "total"),
+                (CapTarget("team", team_id=membership.team_id), "month"),
+                (CapTarget("member", user_id=owner.id, team_id=membership.team_id), "week"),
+            ]
+            for n in range(max(0, count - len(targets))):
+                other = service.create_user(db, f"capped-{n}-{user}")
+                targets.append((CapTarget("user", user_id=other.id), "month"))
+            for target, period in targets[:count]:
+                set_cap(db, target, period=period, tz="Europe/Berlin", limit_nano=limit)
+    finally:
+        store.dispose()
+    print(f"defined {count} caps")
 
 
 def main() -> None:
@@ -141,7 +177,13 @@ def main() -> None:
         help="ingest into this existing store (one bench/generate.py loaded) instead of a "
         "fresh one; its store type follows the URL",
     )
+    parser.add_argument("--caps", type=int, default=0, help="caps to define first")
+    parser.add_argument(
+        "--recent", action="store_true", help="streams from a week ago, in a team (with --caps)"
+    )
     args = parser.parse_args()
+    if args.caps:
+        args.recent = True
 
     workdir = Path(tempfile.mkdtemp(prefix="taskmeter-bench-"))
     cleanup = None
@@ -164,6 +206,9 @@ def main() -> None:
         return done.stdout.strip()
 
     run("users", "create", user)
+    if args.recent:
+        run("teams", "create", f"team-{user}", "--admin", user)
+        define_caps(url, user, args.caps)
     key = run("keys", "create", "--service", "bench")
     server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(args.workers))
     try:
@@ -174,7 +219,12 @@ def main() -> None:
         # bodies are made before the clock starts, so that making them does not take CPU from
         # the server on this shared machine; any needed beyond those are made on the fly.
         per_connection = int(args.prepare * args.seconds / args.batch / args.concurrency) + 1
-        sources = [bodies(1 + n, user, args.batch) for n in range(args.concurrency)]
+        start = (
+            datetime.now(UTC) - timedelta(days=7)
+            if args.recent
+            else datetime(2026, 1, 1, tzinfo=UTC)
+        )
+        sources = [bodies(1 + n, user, args.batch, start) for n in range(args.concurrency)]
         prepared = [list(itertools.islice(source, per_connection)) for source in sources]
         print(f"prepared {per_connection * args.concurrency} bodies of {args.batch} events")
         made_late = [0]

@@ -21,7 +21,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select, text, update
+from sqlalchemy import (
+    String,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from taskmeter.errors import BadRequest, Forbidden, NotFound, PaymentRequired
@@ -42,7 +54,7 @@ from taskmeter.store.tables import (
     USERS,
 )
 from taskmeter.timeutil import utc_now
-from taskmeter.usage.account import charged_since
+from taskmeter.usage.account import charged_since_expr
 
 __all__ = ["AuthorizeRequest", "Payer", "authorize", "held_against", "open_holds", "release"]
 
@@ -85,63 +97,73 @@ class Hold:
 def resolve_payer(
     db: Session, principal: Principal, request: AuthorizeRequest, *, lock: bool = False
 ) -> Payer:
-    """Who pays for the stream; with `lock`, the payer's rows are locked until the transaction
-    ends, which serializes the payer's authorizations. NO KEY UPDATE on PostgreSQL: ingestion's
-    foreign-key checks on these rows (KEY SHARE) do not wait for it. SQLite's write transaction
-    is exclusive from its BEGIN IMMEDIATE."""
+    """Who pays for the stream, in one statement. With `lock` (PostgreSQL), the same statement
+    takes a transaction-scoped advisory lock on the payer's scope (its team, or the solo user):
+    every authorization of that scope's users, caps, projects and credits then runs one after
+    another, and the statements after this one see what the previous holder committed.
+    SQLite's write transaction is exclusive from its BEGIN IMMEDIATE. Also with `lock`, the
+    transaction commits asynchronously: a reservation is a hold, not usage (bench/RESULTS.md:
+    the WAL flush had doubled authorize's time); others see it at commit either way, and a
+    server crash can forget only the last holds."""
     try:
         email = normalise_email(request.user)
     except IdentityError as exc:
         raise BadRequest(f"user: {exc}") from None
     if not principal.is_service and principal.email != email:
         raise Forbidden("a user's key may only authorize its own streams")
-    lock = lock and db.get_bind().dialect.name == "postgresql"
-    query = _PAYER
-    if lock:
-        query = query.with_for_update(key_share=True, of=USERS)
-    found = db.execute(query, {"email": email}).one_or_none()
+    postgresql = db.get_bind().dialect.name == "postgresql"
+    query = _PAYER_LOCKED if lock and postgresql else _PAYER
+    found = db.execute(query, {"email": email, "project": request.project}).one_or_none()
     if found is None:
         raise BadRequest(f"no user with email {email}", code="unknown_user")
-    user_id, user_reset, team_id, team_name, team_reset = found
-    if request.team is not None and request.team != team_name:
+    if request.team is not None and request.team != found.team_name:
         # Streams are stamped with the owner's team when they start: no other team can pay.
         raise BadRequest(f"{email} is not in team {request.team!r}", code="invalid_request")
-    if lock and team_id is not None:
-        db.execute(_LOCK_TEAM, {"id": team_id})
-    scope = scope_key(team_id=team_id, user_id=user_id)
-    project_id = None
+    team_id = found.team_id
+    scope = scope_key(team_id=team_id, user_id=found.id)
     if request.project is not None:
-        found_project = db.execute(
-            _PROJECT_LOCKED if lock else _PROJECT, {"scope": scope, "name": request.project}
-        ).one_or_none()
-        if found_project is None:
+        if found.project_id is None:
             raise BadRequest(
                 f"no project {request.project!r} in the stream owner's "
                 + ("team" if team_id is not None else "own usage"),
                 code="unknown_project",
             )
-        if found_project.archived_at is not None:
+        if found.project_archived_at is not None:
             raise BadRequest(f"project {request.project!r} is archived", code="project_archived")
-        project_id = found_project.id
-    reset_at = team_reset if team_id is not None else user_reset
-    return Payer(user_id, team_id, project_id, scope, reset_at)
+    reset_at = found.team_reset_at if team_id is not None else found.user_reset_at
+    return Payer(found.id, team_id, found.project_id, scope, reset_at)
 
 
-_PAYER = (
-    select(
-        USERS.c.id, USERS.c.credits_reset_at, MEMBERSHIPS.c.team_id, TEAMS.c.name,
-        TEAMS.c.credits_reset_at,
-    )
-    .outerjoin(MEMBERSHIPS, MEMBERSHIPS.c.user_id == USERS.c.id)
-    .outerjoin(TEAMS, TEAMS.c.id == MEMBERSHIPS.c.team_id)
-    .where(USERS.c.email == bindparam("email"))
-)  # fmt: skip
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
-_LOCK_TEAM = text("SELECT id FROM teams WHERE id = :id FOR NO KEY UPDATE")
-_PROJECT = select(PROJECTS.c.id, PROJECTS.c.archived_at).where(
-    PROJECTS.c.scope == bindparam("scope"), PROJECTS.c.name == bindparam("name")
+# The payer's scope key in SQL, as `scope_key` writes it.
+_SCOPE_SQL = case(
+    (MEMBERSHIPS.c.team_id.is_not(None), literal("t") + cast(MEMBERSHIPS.c.team_id, String)),
+    else_=literal("u") + cast(USERS.c.id, String),
 )
-_PROJECT_LOCKED = _PROJECT.with_for_update(key_share=True)
+_PROJECT_OF = select(PROJECTS.c.id, PROJECTS.c.archived_at).where(
+    PROJECTS.c.scope == _SCOPE_SQL, PROJECTS.c.name == bindparam("project")
+)
+_PAYER_COLUMNS = [
+    USERS.c.id,
+    USERS.c.credits_reset_at.label("user_reset_at"),
+    MEMBERSHIPS.c.team_id,
+    TEAMS.c.name.label("team_name"),
+    TEAMS.c.credits_reset_at.label("team_reset_at"),
+    _PROJECT_OF.with_only_columns(PROJECTS.c.id).scalar_subquery().label("project_id"),
+    _PROJECT_OF.with_only_columns(PROJECTS.c.archived_at)
+    .scalar_subquery()
+    .label("project_archived_at"),
+]
+_PAYER_FROM = USERS.outerjoin(MEMBERSHIPS, MEMBERSHIPS.c.user_id == USERS.c.id).outerjoin(
+    TEAMS, TEAMS.c.id == MEMBERSHIPS.c.team_id
+)
+_PAYER = select(*_PAYER_COLUMNS).select_from(_PAYER_FROM).where(USERS.c.email == bindparam("email"))
+_PAYER_LOCKED = _PAYER.add_columns(
+    func.set_config("synchronous_commit", "off", true()).label("async_commit"),
+    func.pg_advisory_xact_lock(func.hashtextextended(literal("payer:") + _SCOPE_SQL, 0)).label(
+        "locked"
+    ),
+)
 
 
 def open_holds(db: Session, payer: Payer, now: datetime) -> list[Hold]:
@@ -193,21 +215,26 @@ def held_against(cap: Any, holds: list[Hold], since: datetime) -> int:
 
 
 def _credit_headroom(db: Session, payer: Payer, holds: list[Hold], now: datetime) -> dict[str, Any]:
-    """The payer's credit account as authorize sees it (nano-credits)."""
+    """The payer's credit account as authorize sees it (nano-credits), in one statement."""
     owner = (
         CREDIT_GRANTS.c.team_id == payer.team_id
         if payer.team_id is not None
         else CREDIT_GRANTS.c.user_id == payer.user_id
     )
-    grants = db.execute(
-        select(CREDIT_GRANTS.c.amount_nano).where(
-            owner, or_(CREDIT_GRANTS.c.expires_at.is_(None), CREDIT_GRANTS.c.expires_at > now)
+    live = (
+        select(CREDIT_GRANTS.c.amount_nano)
+        .where(owner, or_(CREDIT_GRANTS.c.expires_at.is_(None), CREDIT_GRANTS.c.expires_at > now))
+        .subquery()
+    )
+    grants, issued, used = db.execute(
+        select(
+            select(func.count()).select_from(live).scalar_subquery(),
+            select(func.coalesce(func.sum(live.c.amount_nano), 0)).scalar_subquery(),
+            charged_since_expr(payer.scope, payer.reset_at),
         )
-    ).all()
-    issued = sum(amount for (amount,) in grants)
-    used = charged_since(db, payer.scope, payer.reset_at)
+    ).one()
     held = sum(h.nano for h in holds if h.scope == payer.scope)
-    return {"live_grants": len(grants), "issued": issued, "used": used, "held": held}
+    return {"live_grants": int(grants), "issued": int(issued), "used": int(used), "held": held}
 
 
 def authorize(
@@ -221,11 +248,6 @@ def authorize(
     """Allow the stream and hold its estimate, or raise PaymentRequired saying why."""
     if request.estimate_nano < 0:
         raise BadRequest("estimate_credits must be 0 or more")
-    if db.get_bind().dialect.name == "postgresql":
-        # A reservation is a hold, not usage: waiting for its WAL flush doubled authorize's
-        # time (bench/RESULTS.md). Other sessions see it at commit either way; a server crash
-        # can forget the last holds (never recorded usage, which ingestion commits durably).
-        db.execute(_ASYNC_COMMIT)
     payer = resolve_payer(db, principal, request, lock=True)
     now = utc_now()
     holds = open_holds(db, payer, now)

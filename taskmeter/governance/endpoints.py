@@ -23,6 +23,7 @@ from taskmeter.errors import BadRequest, ErrorResponse
 from taskmeter.governance.authorize import AuthorizeRequest, authorize, release
 from taskmeter.governance.caps import CapError, parse_limit, parse_thresholds, remove_cap, set_cap
 from taskmeter.governance.scoped import cap_in_scope, caps_in_scope, target_in_scope
+from taskmeter.jsonio import JSONBody
 
 __all__ = ["router"]
 
@@ -76,7 +77,7 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 )
 async def post_authorize(
     body: AuthorizeBody, request: Request, principal: PrincipalDep, store: StoreDep
-) -> dict[str, Any]:
+) -> JSONBody:
     try:
         estimate = 0 if body.estimate_credits is None else parse_limit(body.estimate_credits)
     except CapError:
@@ -97,7 +98,7 @@ async def post_authorize(
     )
 
     def run() -> dict[str, Any]:
-        with store.write() as db:
+        with store.small_write() as db:
             return authorize(
                 db,
                 principal,
@@ -106,7 +107,7 @@ async def post_authorize(
                 ttl_s=settings.reservation_ttl_s,
             )
 
-    return await run_in_threadpool(run)
+    return JSONBody(await run_in_threadpool(run))
 
 
 @router.delete(
@@ -118,7 +119,7 @@ async def post_authorize(
 def delete_reservation(
     reservation_id: str, principal: PrincipalDep, store: StoreDep
 ) -> dict[str, Any]:
-    with store.write() as db:
+    with store.small_write() as db:
         release(db, principal, reservation_id)
     return {"released": True, "reservation_id": reservation_id}
 

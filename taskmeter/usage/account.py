@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, literal, select
 from sqlalchemy.orm import Session
 
 from taskmeter.identity.principal import Scope
@@ -27,43 +27,47 @@ from taskmeter.usage.rollups import (
     month_of,
 )
 
-__all__ = ["charged_since", "credit_account"]
+__all__ = ["charged_since", "charged_since_expr", "credit_account"]
 
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def charged_since(db: Session, scope_key: str, since: datetime | None) -> int:
+def charged_since_expr(scope_key: str, since: datetime | None) -> ColumnElement[Any]:
     """Credits charged to the account by its streams created at or after `since`, running
-    streams included (usage counts against the balance at once)."""
-    edge = 0
+    streams included (usage counts against the balance at once), as one SQL expression: the
+    partial bucket after `since` from the rows, then 15-minute rollups up to the next month,
+    then whole months."""
+    parts: list[ColumnElement[Any]] = []
     first = None
     if since is not None:
         first = math.ceil(since.timestamp() / BUCKET_S)
-        edge = int(
-            db.scalar(
-                select(func.coalesce(func.sum(Stream.neo_credits_nano), 0)).where(
-                    Stream.scope == scope_key,
-                    Stream.created_at >= since,
-                    Stream.created_at < bucket_time(first),
-                )
+        parts.append(
+            select(func.coalesce(func.sum(Stream.neo_credits_nano), 0))
+            .where(
+                Stream.scope == scope_key,
+                Stream.created_at >= since,
+                Stream.created_at < bucket_time(first),
             )
-            or 0
+            .scalar_subquery()
         )
     months, fine = split_spans((first, None), month_of, next_month)
-    total = edge
     for table, spans in ((StreamRollupMonth, [months] if months else []), (StreamRollup, fine)):
         if spans:
-            total += int(
-                db.scalar(
-                    select(func.coalesce(func.sum(table.neo_credits_nano), 0)).where(
-                        table.scope == scope_key, in_spans(table.bucket, spans)
-                    )
-                )
-                or 0
+            parts.append(
+                select(func.coalesce(func.sum(table.neo_credits_nano), 0))
+                .where(table.scope == scope_key, in_spans(table.bucket, spans))
+                .scalar_subquery()
             )
+    total: ColumnElement[Any] = literal(0)
+    for part in parts:
+        total = total + part
     return total
+
+
+def charged_since(db: Session, scope_key: str, since: datetime | None) -> int:
+    return int(db.scalar(select(charged_since_expr(scope_key, since))) or 0)
 
 
 def credit_account(db: Session, scope: Scope) -> dict[str, Any]:
