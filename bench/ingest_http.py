@@ -109,7 +109,9 @@ def stream_events(rng: random.Random, user: str, start: datetime) -> list[dict[s
     return events
 
 
-def bodies(seed: int, user: str, size: int, start: datetime) -> Iterator[bytes]:
+def bodies(
+    seed: int, user: str, size: int, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+) -> Iterator[bytes]:
     """Request bodies of `size` events, the streams of one agent worker in order, forever."""
     rng = random.Random(seed)
     pending: list[dict[str, Any]] = []

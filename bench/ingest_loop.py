@@ -19,13 +19,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 from common import create_pg_database
-from ingest_http import bodies
+from ingest_http import bodies, define_caps
 from otlp_vs_phoenix import SPANS_PER_TRACE, TRACES_PER_EXPORT, USER, exports
 
 from taskmeter.heap import settle_heap
@@ -82,10 +83,14 @@ def batch_units(shape: str) -> tuple[int, str]:
     return TRACES_PER_EXPORT * SPANS_PER_TRACE, "span"
 
 
-def loop_bodies(shape: str, count: int) -> list[bytes]:
-    """`count` batches of 1000 events, or exports of 50 traces, the same on every run."""
+def loop_bodies(shape: str, count: int, *, recent: bool = False) -> list[bytes]:
+    """`count` batches of 1000 events, or exports of 50 traces, the same on every run
+    (`recent`: the events from a week ago on, inside caps' current periods)."""
     if shape == "events":
-        return list(itertools.islice(bodies(1, USER, 1000), count))
+        start = (
+            datetime.now(UTC) - timedelta(days=7) if recent else datetime(2026, 1, 1, tzinfo=UTC)
+        )
+        return list(itertools.islice(bodies(1, USER, 1000, start), count))
     return exports(count * TRACES_PER_EXPORT, seed=1)
 
 
@@ -94,7 +99,10 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--shape", choices=["events", "otlp"], default="events")
     parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--caps", type=int, default=0, help="caps defined first (see ingest_http)")
+    parser.add_argument("--recent", action="store_true", help="events from a week ago, in a team")
     args = parser.parse_args()
+    args.recent = args.recent or bool(args.caps)
 
     if args.store == "postgresql":
         url, drop = create_pg_database()
@@ -103,7 +111,11 @@ def main() -> None:
         url, drop = f"sqlite:///{tempfile.mkdtemp(prefix='taskmeter-loop-')}/loop.db", None
     store = Store(url)
     ingest = ingestor_for(store, args.shape)
-    batches = loop_bodies(args.shape, args.batches)
+    if args.recent:
+        with store.write() as db:
+            service.create_team(db, "loop-team", USER)
+        define_caps(url, USER, args.caps)
+    batches = loop_bodies(args.shape, args.batches, recent=args.recent)
     per_batch, unit = batch_units(args.shape)
     units = args.batches * per_batch
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -78,7 +78,7 @@ def spend_of(stream: AnyStream) -> Spend | None:
 _CAPS_OF = select(
     CAPS.c.id, CAPS.c.kind, CAPS.c.subject, CAPS.c.period, CAPS.c.tz, CAPS.c.limit_nano,
     CAPS.c.thresholds, CAPS.c.created_at,
-)  # fmt: skip
+).where(CAPS.c.subject.in_(bindparam("subjects", expanding=True)))  # fmt: skip
 
 
 def charge_caps(
@@ -112,7 +112,7 @@ def charge_caps(
     if postgresql:
         db.execute(_SHARED_LOCK)
     wanted = sorted({subject for subject, _ in deltas})
-    caps = db.execute(_CAPS_OF.where(CAPS.c.subject.in_(wanted))).all()
+    caps = db.execute(_CAPS_OF, {"subjects": wanted}).all()
     if not caps:
         return [], []
     by_subject: dict[str, list[Any]] = {}
