@@ -92,15 +92,42 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
             await run_in_threadpool(upgrade, store.write_engine)
         settle_heap()
-        sweeper = asyncio.create_task(
-            run_sweeper(store, settings.stream_timeout_s, settings.sweep_interval_s)
-        )
+        tasks = [
+            asyncio.create_task(
+                run_sweeper(store, settings.stream_timeout_s, settings.sweep_interval_s)
+            )
+        ]
+        projector = None
+        if settings.ingest_log:
+            # Imported here: nats is an optional extra (taskmeter[log]).
+            from taskmeter.log.projector import Projector
+            from taskmeter.log.publisher import IngestLog
+
+            ingest_log = IngestLog(
+                settings.ingest_log,
+                stream=settings.ingest_log_stream,
+                replicas=settings.ingest_log_replicas,
+            )
+            await ingest_log.connect()
+            app.state.ingest_log = ingest_log
+            if settings.projector:
+                projector = Projector(
+                    ingest_log, app.state.ingestor, run_blocking=run_in_threadpool
+                )
+                app.state.projector = projector
+                tasks.append(asyncio.create_task(projector.run()))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            if projector is not None:
+                projector.stop()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if app.state.ingest_log is not None:
+                await app.state.ingest_log.close()
+                app.state.ingest_log = None
 
     app = FastAPI(
         title="taskmeter",
@@ -116,6 +143,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.store = store
     app.state.verifier = JwtVerifier(settings)
     app.state.admission = WriteAdmission(settings.max_inflight_writes)
+    app.state.ingest_log = None  # set in the lifespan when TASKMETER_INGEST_LOG is
+    app.state.projector = None
+    app.state.principal_cache = {}
     app.state.auth_limiter = FailedAuthLimiter(
         settings.auth_failures_per_minute, settings.auth_failures_per_key_per_minute
     )
@@ -139,17 +169,38 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         summary="The store is reachable",
         responses={503: {"model": ErrorResponse, "description": "Store unreachable"}},
     )
-    def readyz(store: StoreDep) -> Any:
+    async def readyz(store: StoreDep) -> Any:
         try:
-            store.ping()
+            await run_in_threadpool(store.ping)
+            store_up = True
         except Exception as exc:
-            log.warning("readiness check failed: %s", exc)
-            return JSONResponse(
-                error_body(503, "the store is unreachable"),
-                status_code=503,
-                headers={"Retry-After": "2"},
+            log.warning("readiness check: the store is unreachable: %s", exc)
+            store_up = False
+        ingest_log = app.state.ingest_log
+        if ingest_log is None:
+            if not store_up:
+                return _unready("the store is unreachable")
+            return {"status": "ready"}
+        # With the log, ingestion needs only the log: a store outage is reported, not fatal.
+        try:
+            lag = await ingest_log.lag()
+        except Exception as exc:
+            log.warning("readiness check: the ingest log is unreachable: %s", exc)
+            return _unready("the ingest log is unreachable")
+        body = {
+            "status": "ready",
+            "store": "ok" if store_up else "unavailable",
+            "log": {"lag_messages": lag.messages, "lag_seconds": round(lag.seconds, 3)},
+        }
+        if settings.max_lag_s is not None and lag.seconds > settings.max_lag_s:
+            return _unready(
+                f"projection is {lag.seconds:.1f} s behind (TASKMETER_MAX_LAG_S "
+                f"{settings.max_lag_s:g})"
             )
-        return {"status": "ready"}
+        return body
+
+    def _unready(detail: str) -> JSONResponse:
+        return JSONResponse(error_body(503, detail), status_code=503, headers={"Retry-After": "2"})
 
     @app.get(
         "/metrics",
@@ -158,7 +209,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         summary="Prometheus metrics (text format)",
         responses={200: {"content": {"text/plain": {}}, "description": "Metrics"}},
     )
-    def metrics() -> PlainTextResponse:
+    async def metrics() -> PlainTextResponse:
         unpriced = app.state.ingestor.prices.unpriced
         lines = [
             "# HELP taskmeter_unpriced_calls_total Model calls recorded with no known price "
@@ -168,7 +219,40 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         for model, count in sorted(dict(unpriced).items()):
             escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             lines.append(f'taskmeter_unpriced_calls_total{{model="{escaped}"}} {count}')
+        lines += await _log_metrics()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def _log_metrics() -> list[str]:
+        ingest_log = app.state.ingest_log
+        if ingest_log is None:
+            return []
+        try:
+            lag = await ingest_log.lag()
+        except Exception:
+            return []
+        lines = [
+            "# HELP taskmeter_ingest_log_lag_messages Logged batches not yet applied to the store.",
+            "# TYPE taskmeter_ingest_log_lag_messages gauge",
+            f"taskmeter_ingest_log_lag_messages {lag.messages}",
+            "# HELP taskmeter_ingest_log_lag_seconds Age of the oldest batch not yet applied.",
+            "# TYPE taskmeter_ingest_log_lag_seconds gauge",
+            f"taskmeter_ingest_log_lag_seconds {lag.seconds:.3f}",
+        ]
+        projector = app.state.projector
+        if projector is not None:
+            stats = projector.stats
+            lines += [
+                "# HELP taskmeter_projector_messages_total Log messages this process applied.",
+                "# TYPE taskmeter_projector_messages_total counter",
+                f"taskmeter_projector_messages_total {stats.messages}",
+                "# HELP taskmeter_projector_rejected_total Events rejected when applied, by code.",
+                "# TYPE taskmeter_projector_rejected_total counter",
+                *(
+                    f'taskmeter_projector_rejected_total{{code="{code}"}} {n}'
+                    for code, n in sorted(stats.rejected.items())
+                ),
+            ]
+        return lines
 
     app.include_router(identity_router)
     app.include_router(ingest_router)

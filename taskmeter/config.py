@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     auth_failures_per_minute: int = Field(default=60, gt=0)
     auth_failures_per_key_per_minute: int = Field(default=10, gt=0)
+    ingest_log: str | None = None
+    ingest_log_stream: str = Field(default="TASKMETER_INGEST", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    ingest_log_replicas: int = Field(default=1, ge=1, le=5)
+    projector: bool = True
+    max_lag_s: float | None = Field(default=None, gt=0)
+    auth_cache_s: int = Field(default=300, ge=0)
     require_credits: bool = True
     reservation_ttl_s: int = Field(default=3600, gt=0, le=7 * 86400)
 
@@ -72,6 +78,13 @@ class Settings(BaseSettings):
         if self.prices_file is not None and not self.prices_file.is_file():
             raise ValueError(f"TASKMETER_PRICES_FILE {self.prices_file} is not a readable file")
         return self
+
+    @field_validator("ingest_log")
+    @classmethod
+    def _nats_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("nats://", "tls://")):
+            raise ValueError("TASKMETER_INGEST_LOG is a nats:// (or tls://) URL")
+        return value or None
 
     @property
     def sqlalchemy_url(self) -> str:

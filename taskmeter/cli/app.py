@@ -11,7 +11,7 @@ import typer.core
 from taskmeter.cli.credits import credits
 from taskmeter.cli.governance import caps, projects
 from taskmeter.cli.identity import keys, teams, users
-from taskmeter.cli.server import db, serve
+from taskmeter.cli.server import db, projector, serve
 from taskmeter.cli.usage import demo, usage
 from taskmeter.cli.usage_ops import prices, sweep
 
@@ -57,6 +57,7 @@ app.add_typer(caps, name="caps")
 app.add_typer(db, name="db")
 app.add_typer(prices, name="prices")
 app.command("serve")(serve)
+app.command("projector")(projector)
 app.command("sweep")(sweep)
 app.command("demo")(demo)
 app.add_typer(usage, name="usage")

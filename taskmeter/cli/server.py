@@ -84,3 +84,54 @@ def serve(
             log_level,
         ],
     )
+
+
+def projector(
+    ctx: typer.Context,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Apply the ingest log (TASKMETER_INGEST_LOG) to the store until stopped (SIGTERM or ^C).
+
+    `serve` runs one in each process by default (TASKMETER_PROJECTOR); run more here to
+    project on other machines: they share the log's durable consumer.
+    """
+    import asyncio
+    import signal
+
+    from taskmeter.cli.common import fail
+    from taskmeter.ingest.service import Ingestor
+    from taskmeter.pricing.prices import PriceBook
+
+    settings = settings_from(ctx)
+    if not settings.ingest_log:
+        fail("set TASKMETER_INGEST_LOG=nats://… to name the ingest log")
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    from taskmeter.log.projector import Projector
+    from taskmeter.log.publisher import IngestLog
+
+    async def run(store: object) -> None:
+        assert settings.ingest_log is not None
+        ingest_log = IngestLog(
+            settings.ingest_log,
+            stream=settings.ingest_log_stream,
+            replicas=settings.ingest_log_replicas,
+        )
+        await ingest_log.connect()
+        ingestor = Ingestor(
+            store,  # type: ignore[arg-type]
+            PriceBook(settings.prices_file),
+            credit_usd=settings.credit_usd,
+            default_rate=settings.neo_cost_rate,
+        )
+        worker = Projector(ingest_log, ingestor)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        print("projecting the ingest log", file=sys.stderr)
+        try:
+            await worker.run()
+        finally:
+            await ingest_log.close()
+
+    with open_store(ctx) as store:
+        asyncio.run(run(store))

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from taskmeter import jsonio
 from taskmeter.deps import AUTH_RESPONSES, PrincipalDep
-from taskmeter.errors import BadRequest, ErrorResponse, PayloadTooLarge
+from taskmeter.errors import BadRequest, ErrorResponse, PayloadTooLarge, Unavailable
 from taskmeter.identity.principal import Principal
 from taskmeter.ingest.otlp import decode_request, encode_response, spans_to_events
 from taskmeter.ingest.service import Ingestor
@@ -123,9 +123,27 @@ async def post_events(request: Request, principal: PrincipalDep) -> JSONResponse
     # JSON cannot hold a raw NUL in a string, only its escape: without one, no field of any
     # event needs searching for it.
     nul_free = b"\\u0000" not in body
+    ingest_log = request.app.state.ingest_log
     with request.app.state.admission.admit():
-        result = await run_in_threadpool(ingestor.ingest, principal, events, nul_free=nul_free)
+        if ingest_log is not None:
+            result = await _logged(ingest_log, principal, events, nul_free=nul_free)
+        else:
+            result = await run_in_threadpool(ingestor.ingest, principal, events, nul_free=nul_free)
     return JSONResponse(result.as_json(), status_code=207 if result.rejected else 200)
+
+
+async def _logged(ingest_log: Any, principal: Principal, events: Any, *, nul_free: bool) -> Any:
+    """Through the durable log: validated here, applied by the projectors (taskmeter.log)."""
+    from taskmeter.log.intake import log_batch
+
+    try:
+        return await log_batch(ingest_log, principal, events, nul_free=nul_free)
+    except (TimeoutError, ConnectionError, OSError) as exc:
+        raise Unavailable(f"the ingest log is unavailable ({type(exc).__name__})") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("nats"):
+            raise Unavailable("the ingest log is unavailable") from None
+        raise
 
 
 @router.post(
@@ -163,6 +181,19 @@ async def post_events(request: Request, principal: PrincipalDep) -> JSONResponse
 async def post_traces(request: Request, principal: PrincipalDep) -> Response:
     body = await read_capped_body(request, MAX_BATCH_BYTES)
     ingestor: Ingestor = request.app.state.ingestor
+    ingest_log = request.app.state.ingest_log
+    if ingest_log is not None:
+        with request.app.state.admission.admit():
+            export, encoding = await run_in_threadpool(
+                decode_request,
+                body,
+                request.headers.get("content-type", ""),
+                request.headers.get("content-encoding"),
+            )
+            mapped = await run_in_threadpool(spans_to_events, export)
+            result = await _logged(ingest_log, principal, mapped.events, nul_free=False)
+        content, media = _export_answer(mapped, result, encoding)
+        return Response(content, media_type=media)
     with request.app.state.admission.admit():
         content, media = await run_in_threadpool(
             _ingest_export,
@@ -188,6 +219,11 @@ def _ingest_export(
     export, encoding = decode_request(body, content_type, content_encoding)
     mapped = spans_to_events(export)
     result = ingestor.ingest(principal, mapped.events)
+    return _export_answer(mapped, result, encoding)
+
+
+def _export_answer(mapped: Any, result: Any, encoding: Any) -> tuple[bytes, str]:
+    """The ExportTraceServiceResponse for an ingested (or logged) export."""
     rejected_spans = {mapped.span_of_event[r.index] for r in result.rejected}
     message = "; ".join(
         f"span {mapped.span_of_event[r.index]}: {r.code}: {r.message}" for r in result.rejected[:5]
