@@ -148,6 +148,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
+        if store.replica is not None:  # down or lagging: reported, still ready (primary reads)
+            return {"status": "ready", "read_replica": store.replica.status()}
         return {"status": "ready"}
 
     @app.get(
@@ -167,6 +169,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         for model, count in sorted(dict(unpriced).items()):
             escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             lines.append(f'taskmeter_unpriced_calls_total{{model="{escaped}"}} {count}')
+        if app.state.store.replica is not None:
+            lines += app.state.store.replica.metrics()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     app.include_router(identity_router)

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKMETER_", extra="ignore")
 
     database_url: str = "sqlite:///taskmeter.db"
+    read_database_url: str | None = None
+    read_max_lag_s: float | None = Field(default=None, gt=0)
     jwt_secret: str | None = None
     jwt_public_key_file: Path | None = None
     jwks_file: Path | None = None
@@ -71,6 +73,30 @@ class Settings(BaseSettings):
             raise ValueError(f"TASKMETER_PRICES_FILE {self.prices_file} is not a readable file")
         return self
 
+    @model_validator(mode="after")
+    def _read_replica_on_postgresql(self) -> Settings:
+        # Refused rather than ignored: an operator who set it expects the primary unloaded.
+        if self.read_database_url is not None:
+            if not self.sqlalchemy_url.startswith("postgresql"):
+                raise ValueError(
+                    "TASKMETER_READ_DATABASE_URL needs a PostgreSQL TASKMETER_DATABASE_URL: "
+                    "a SQLite store has no streaming replicas (unset it)"
+                )
+            if not normalise_database_url(self.read_database_url).startswith("postgresql"):
+                raise ValueError(
+                    "TASKMETER_READ_DATABASE_URL must be a postgresql:// URL of a streaming "
+                    "replica of TASKMETER_DATABASE_URL"
+                )
+        elif self.read_max_lag_s is not None:
+            raise ValueError("TASKMETER_READ_MAX_LAG_S needs TASKMETER_READ_DATABASE_URL")
+        return self
+
     @property
     def sqlalchemy_url(self) -> str:
         return normalise_database_url(self.database_url)
+
+    @property
+    def sqlalchemy_read_url(self) -> str | None:
+        if self.read_database_url is None:
+            return None
+        return normalise_database_url(self.read_database_url)
