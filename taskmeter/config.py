@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "normalise_database_url"]
@@ -73,23 +73,31 @@ class Settings(BaseSettings):
             raise ValueError(f"TASKMETER_PRICES_FILE {self.prices_file} is not a readable file")
         return self
 
-    @model_validator(mode="after")
-    def _read_replica_on_postgresql(self) -> Settings:
-        # Refused rather than ignored: an operator who set it expects the primary unloaded.
-        if self.read_database_url is not None:
-            if not self.sqlalchemy_url.startswith("postgresql"):
-                raise ValueError(
-                    "TASKMETER_READ_DATABASE_URL needs a PostgreSQL TASKMETER_DATABASE_URL: "
-                    "a SQLite store has no streaming replicas (unset it)"
-                )
-            if not normalise_database_url(self.read_database_url).startswith("postgresql"):
-                raise ValueError(
-                    "TASKMETER_READ_DATABASE_URL must be a postgresql:// URL of a streaming "
-                    "replica of TASKMETER_DATABASE_URL"
-                )
-        elif self.read_max_lag_s is not None:
+    # Field validators (not a model validator) so that the CLI's one-line error names the
+    # setting. Refused rather than ignored: an operator who set it expects the primary relieved.
+    @field_validator("read_database_url")
+    @classmethod
+    def _read_replica_on_postgresql(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not normalise_database_url(info.data.get("database_url", "")).startswith("postgresql"):
+            raise ValueError(
+                "TASKMETER_READ_DATABASE_URL needs a PostgreSQL TASKMETER_DATABASE_URL: "
+                "a SQLite store has no streaming replicas (unset it)"
+            )
+        if not normalise_database_url(value).startswith("postgresql"):
+            raise ValueError(
+                "TASKMETER_READ_DATABASE_URL must be a postgresql:// URL of a streaming "
+                "replica of TASKMETER_DATABASE_URL"
+            )
+        return value
+
+    @field_validator("read_max_lag_s")
+    @classmethod
+    def _max_lag_needs_replica(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("read_database_url") is None:
             raise ValueError("TASKMETER_READ_MAX_LAG_S needs TASKMETER_READ_DATABASE_URL")
-        return self
+        return value
 
     @property
     def sqlalchemy_url(self) -> str:

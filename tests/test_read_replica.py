@@ -9,7 +9,8 @@ has not replayed yet is absent from them while the primary has it); a write thro
 replica path is refused; a just-created key authenticates while the replica lags; with
 TASKMETER_READ_MAX_LAG_S the reads go to the primary once the paused replica falls behind
 and come back when it catches up; a stopped replica sends reads to the primary (answers stay
-200, /readyz stays ready and says so) until it is back. SQLite refuses the setting.
+200, /readyz stays ready and says so) until it is back; a connection lost in the middle of a
+read fails that read only. SQLite refuses the setting (`serve` says so in one line).
 
 Skipped only where PostgreSQL's server binaries are missing; the shared server at 5432 is
 never touched.
@@ -33,8 +34,10 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
 from taskmeter.app import create_app
+from taskmeter.cli import app as cli_app
 from taskmeter.config import Settings
 from taskmeter.store import Store
 from taskmeter.store import replica as replica_module
@@ -295,6 +298,23 @@ def test_a_stopped_replica_sends_reads_to_the_primary(
         assert _task_ids(client, ada) == {"first", "while-replica-down"}
 
 
+def test_a_connection_lost_mid_read_fails_that_read_and_sends_the_next_to_the_primary(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica_module, "DOWN_RETRY_S", 3600)
+    store = Store.from_settings(_settings(pair))
+    try:
+        with pytest.raises(DBAPIError), store.read(replica=True) as db:
+            pid = db.execute(text("SELECT pg_backend_pid()")).scalar()
+            pair.replica_sql(f"SELECT pg_terminate_backend({pid})")
+            db.execute(text("SELECT 1"))
+        assert store.replica is not None and "unreachable" in store.replica.state.reason
+        with store.read(replica=True) as db:
+            assert db.execute(text("SELECT pg_is_in_recovery()")).scalar() is False
+    finally:
+        store.dispose()
+
+
 def test_sqlite_refuses_a_read_replica(tmp_path: Path) -> None:
     sqlite = f"sqlite:///{tmp_path / 'taskmeter.db'}"
     with pytest.raises(ValidationError, match="SQLite store has no streaming replicas"):
@@ -303,6 +323,18 @@ def test_sqlite_refuses_a_read_replica(tmp_path: Path) -> None:
         Settings(database_url=sqlite, read_max_lag_s=2)
     with pytest.raises(ValidationError, match="must be a postgresql:// URL"):
         Settings(database_url="postgresql://127.0.0.1/primary", read_database_url=sqlite)
+
+
+def test_serve_refuses_a_replica_of_sqlite_in_one_line(tmp_path: Path) -> None:
+    env = {
+        "TASKMETER_DATABASE_URL": f"sqlite:///{tmp_path / 'taskmeter.db'}",
+        "TASKMETER_READ_DATABASE_URL": "postgresql://127.0.0.1/replica",
+    }
+    result = CliRunner(env=env).invoke(cli_app, ["serve", "--port", str(free_port())])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: configuration: read_database_url")
+    assert "no streaming replicas" in lines[0]
 
 
 def test_without_a_replica_every_read_is_the_primary(database_url: str) -> None:
