@@ -180,7 +180,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         if ingest_log is None:
             if not store_up:
                 return _unready("the store is unreachable")
-            return {"status": "ready"}
+            return _with_replica({"status": "ready"})
         # With the log, ingestion needs only the log: a store outage is reported, not fatal.
         try:
             lag = await ingest_log.lag()
@@ -197,6 +197,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                 f"projection is {lag.seconds:.1f} s behind (TASKMETER_MAX_LAG_S "
                 f"{settings.max_lag_s:g})"
             )
+        return _with_replica(body)
+
+    def _with_replica(body: dict[str, Any]) -> dict[str, Any]:
+        if store.replica is not None:  # down or lagging: reported, still ready (primary reads)
+            body["read_replica"] = store.replica.status()
         return body
 
     def _unready(detail: str) -> JSONResponse:
@@ -220,6 +225,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             lines.append(f'taskmeter_unpriced_calls_total{{model="{escaped}"}} {count}')
         lines += await _log_metrics()
+        if app.state.store.replica is not None:
+            lines += app.state.store.replica.metrics()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def _log_metrics() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "normalise_database_url"]
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKMETER_", extra="ignore")
 
     database_url: str = "sqlite:///taskmeter.db"
+    read_database_url: str | None = None
+    read_max_lag_s: float | None = Field(default=None, gt=0)
     jwt_secret: str | None = None
     jwt_public_key_file: Path | None = None
     jwks_file: Path | None = None
@@ -86,6 +88,38 @@ class Settings(BaseSettings):
             raise ValueError("TASKMETER_INGEST_LOG is a nats:// (or tls://) URL")
         return value or None
 
+    # Field validators (not a model validator) so that the CLI's one-line error names the
+    # setting. Refused rather than ignored: an operator who set it expects the primary relieved.
+    @field_validator("read_database_url")
+    @classmethod
+    def _read_replica_on_postgresql(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not normalise_database_url(info.data.get("database_url", "")).startswith("postgresql"):
+            raise ValueError(
+                "TASKMETER_READ_DATABASE_URL needs a PostgreSQL TASKMETER_DATABASE_URL: "
+                "a SQLite store has no streaming replicas (unset it)"
+            )
+        if not normalise_database_url(value).startswith("postgresql"):
+            raise ValueError(
+                "TASKMETER_READ_DATABASE_URL must be a postgresql:// URL of a streaming "
+                "replica of TASKMETER_DATABASE_URL"
+            )
+        return value
+
+    @field_validator("read_max_lag_s")
+    @classmethod
+    def _max_lag_needs_replica(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("read_database_url") is None:
+            raise ValueError("TASKMETER_READ_MAX_LAG_S needs TASKMETER_READ_DATABASE_URL")
+        return value
+
     @property
     def sqlalchemy_url(self) -> str:
         return normalise_database_url(self.database_url)
+
+    @property
+    def sqlalchemy_read_url(self) -> str | None:
+        if self.read_database_url is None:
+            return None
+        return normalise_database_url(self.read_database_url)

@@ -6,6 +6,14 @@ their own engine whose transactions begin with ``BEGIN IMMEDIATE`` (they queue o
 timeout), while reads use plain deferred transactions that never block behind a writer in
 WAL mode. On PostgreSQL reads autocommit (each statement its own snapshot) unless a session
 asks for one snapshot (`one_snapshot`); writes prepare nothing (see below).
+
+With a read replica configured (PostgreSQL only), a read goes to it only when it asks to:
+
+    store.write()              ─▶ primary
+    store.read()               ─▶ primary   exact: authentication, credit checks, authorize
+    store.read(replica=True)   ─▶ replica   may lag: the usage read API (and so the dashboard);
+                                 (primary while the replica is down or past the maximum lag,
+                                  see `store/replica.py`)
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ from psycopg import postgres
 from psycopg.adapt import Buffer, Dumper
 from psycopg.pq import Format
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from taskmeter import jsonio
 from taskmeter.config import Settings
+from taskmeter.store.replica import ReadReplica
 
 __all__ = ["Store", "one_snapshot"]
 
@@ -81,10 +90,19 @@ class JsonbCopyDumper(Dumper):
 
 
 class Store:
-    """The database behind the service: one URL, a read path and a write path."""
+    """The database behind the service: one URL, a read path and a write path, and
+    optionally a streaming replica for the reads that may lag (`read(replica=True)`)."""
 
-    def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_busy_timeout_ms: int = 30_000,
+        read_url: str | None = None,
+        read_max_lag_s: float | None = None,
+    ) -> None:
         self.url = url
+        self.replica: ReadReplica | None = None
         if url.startswith("sqlite"):
             self.dialect = "sqlite"
             busy = sqlite_busy_timeout_ms
@@ -129,18 +147,49 @@ class Store:
                 # Once a connection: registered on a cursor, psycopg copies adapter maps.
                 dbapi_connection.adapters.register_dumper(None, JsonbCopyDumper)
 
+        if read_url is not None:
+            if self.dialect != "postgresql" or not read_url.startswith("postgresql"):
+                raise ValueError("a read replica needs PostgreSQL for both the store and it")
+            self.replica = ReadReplica(read_url, max_lag_s=read_max_lag_s, **JSON_CODEC)
+
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
         self._writer = sessionmaker(self.write_engine, expire_on_commit=False)
         self._small_writer: sessionmaker[Session] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        """The store an operator configured (URL and SQLite lock wait)."""
-        return cls(settings.sqlalchemy_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        """The store an operator configured (URLs, replica lag bound, SQLite lock wait)."""
+        return cls(
+            settings.sqlalchemy_url,
+            sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            read_url=settings.sqlalchemy_read_url,
+            read_max_lag_s=settings.read_max_lag_s,
+        )
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
-        """A session for queries; rolled back at the end, it never writes."""
+    def read(self, *, replica: bool = False) -> Iterator[Session]:
+        """A session for queries; rolled back at the end, it never writes.
+
+        On the primary unless `replica`: a read that may see data some seconds old (the
+        replica's lag) says so, and is then served by the read replica when one is
+        configured, reachable and within the maximum lag.
+        """
+        if replica and self.replica is not None and self.replica.choose():
+            try:
+                # Connect first (the pool pings a kept connection): a replica that went down
+                # since the last probe sends this read to the primary instead of failing it.
+                connection = self.replica.engine.connect()
+            except DBAPIError as exc:
+                self.replica.failed(exc)
+            else:
+                with connection, Session(bind=connection, expire_on_commit=False) as session:
+                    try:
+                        yield session
+                    except DBAPIError as exc:
+                        if exc.connection_invalidated:  # this read fails, the next does not
+                            self.replica.failed(exc)
+                        raise
+                return
         with self._reader() as session:
             yield session
 
@@ -191,6 +240,8 @@ class Store:
         if self._small_writer is not None:
             engine = self._small_writer.kw["bind"]
             engine.dispose()
+        if self.replica is not None:
+            self.replica.dispose()
         self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             self.write_engine.dispose()

@@ -1,6 +1,9 @@
 """The four read endpoints of the Usage tag (API.md).
 
 request ─▶ principal ─▶ scope (403 for members/viewers) ─▶ repository ─▶ TaskUsage JSON
+
+The repository reads through `store.read(replica=True)`: on the read replica when one is
+configured (some seconds stale at worst; see docs/decisions.md "Read replicas").
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def list_streams(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody
     filters = parse_filters(request.query_params, allow_search=False, allow_stream=True)
     page = parse_page(request.query_params)
     _admin_only_email(scope, filters)
-    with store.read() as db:
+    with store.read(replica=True) as db:
         rows, total = repository.list_streams(db, scope, filters, page)
     return _list_page(rows, total, page.offset)
 
@@ -75,7 +78,7 @@ def list_tasks(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     filters = parse_filters(request.query_params, allow_search=True, allow_stream=False)
     page = parse_page(request.query_params)
     _admin_only_email(scope, filters)
-    with store.read() as db:
+    with store.read(replica=True) as db:
         rows, total = repository.list_tasks(db, scope, filters, page)
     return _list_page(rows, total, page.offset)
 
@@ -92,7 +95,7 @@ def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONBody:
         raise BadRequest(f"task_id must be 1-{MAX_TASK_ID} characters")
     if "\x00" in task_id:
         raise NotFound(f"no task {task_id!r} in your scope")
-    with store.read() as db:
+    with store.read(replica=True) as db:
         row = repository.get_task(db, scope, task_id)
     if row is None:
         raise NotFound(f"no task {task_id!r} in your scope")
@@ -109,9 +112,10 @@ def get_task(task_id: str, scope: ScopeDep, store: StoreDep) -> JSONBody:
 )
 def get_summary(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     query = parse_summary(request.query_params)
-    with store.read() as db:
+    with store.read(replica=True) as db:
         body = summarise(db, scope, query)
-        # The scope's caps with their current period (an addition to the published summary).
+        # The scope's caps with their current period (an addition to the published summary;
+        # like the rest of the read API they may lag on a replica: authorize reads the primary).
         body["caps"] = caps_in_scope(db, scope)
         return JSONBody(body)
 
