@@ -9,6 +9,7 @@ import typer
 import typer.core
 
 from taskmeter.cli.credits import credits
+from taskmeter.cli.finance import reconcile_command
 from taskmeter.cli.identity import keys, teams, users
 from taskmeter.cli.server import db, serve
 from taskmeter.cli.usage import demo, usage
@@ -56,4 +57,5 @@ app.add_typer(prices, name="prices")
 app.command("serve")(serve)
 app.command("sweep")(sweep)
 app.command("demo")(demo)
+app.command("reconcile")(reconcile_command)
 app.add_typer(usage, name="usage")
