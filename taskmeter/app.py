@@ -33,6 +33,7 @@ from taskmeter.ingest.admission import WriteAdmission
 from taskmeter.ingest.endpoints import router as ingest_router
 from taskmeter.ingest.service import Ingestor
 from taskmeter.ingest.sweeper import run_sweeper
+from taskmeter.observability.metrics import ProcessMetrics, RequestTimer, render
 from taskmeter.pricing.prices import PriceBook
 from taskmeter.store import Store
 from taskmeter.usage.endpoints import COMPONENTS as USAGE_COMPONENTS
@@ -124,8 +125,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         credit_usd=settings.credit_usd,
         default_rate=settings.neo_cost_rate,
     )
+    app.state.metrics = ProcessMetrics()
     install_error_handlers(app)
     app.add_middleware(HeaderSizeLimit)
+    # Outermost: the time includes the other middleware and error handling.
+    app.add_middleware(RequestTimer, metrics=app.state.metrics)
 
     @app.get("/healthz", tags=["System"], operation_id="healthz", summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -157,17 +161,15 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         summary="Prometheus metrics (text format)",
         responses={200: {"content": {"text/plain": {}}, "description": "Metrics"}},
     )
-    def metrics() -> PlainTextResponse:
-        unpriced = app.state.ingestor.prices.unpriced
-        lines = [
-            "# HELP taskmeter_unpriced_calls_total Model calls recorded with no known price "
-            "(they cost 0), by model, since this process started.",
-            "# TYPE taskmeter_unpriced_calls_total counter",
-        ]
-        for model, count in sorted(dict(unpriced).items()):
-            escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            lines.append(f'taskmeter_unpriced_calls_total{{model="{escaped}"}} {count}')
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    def metrics(store: StoreDep) -> PlainTextResponse:
+        with store.read() as db:
+            text = render(
+                db,
+                app.state.metrics,
+                dict(app.state.ingestor.prices.unpriced),
+                settings.credit_usd,
+            )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     app.include_router(identity_router)
     app.include_router(ingest_router)

@@ -15,7 +15,7 @@ from taskmeter.deps import AUTH_RESPONSES, PrincipalDep
 from taskmeter.errors import BadRequest, ErrorResponse, PayloadTooLarge
 from taskmeter.identity.principal import Principal
 from taskmeter.ingest.otlp import decode_request, encode_response, spans_to_events
-from taskmeter.ingest.service import Ingestor
+from taskmeter.ingest.service import Ingestor, IngestResult
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "read_capped_body", "router"]
 
@@ -125,6 +125,7 @@ async def post_events(request: Request, principal: PrincipalDep) -> JSONResponse
     nul_free = b"\\u0000" not in body
     with request.app.state.admission.admit():
         result = await run_in_threadpool(ingestor.ingest, principal, events, nul_free=nul_free)
+    _count(request, result)
     return JSONResponse(result.as_json(), status_code=207 if result.rejected else 200)
 
 
@@ -166,6 +167,7 @@ async def post_traces(request: Request, principal: PrincipalDep) -> Response:
     with request.app.state.admission.admit():
         content, media = await run_in_threadpool(
             _ingest_export,
+            request,
             ingestor,
             principal,
             body,
@@ -175,7 +177,14 @@ async def post_traces(request: Request, principal: PrincipalDep) -> Response:
     return Response(content, media_type=media)
 
 
+def _count(request: Request, result: IngestResult) -> None:
+    request.app.state.metrics.count_ingest(
+        result.accepted, result.duplicates, (r.code for r in result.rejected)
+    )
+
+
 def _ingest_export(
+    request: Request,
     ingestor: Ingestor,
     principal: Principal,
     body: bytes,
@@ -188,6 +197,7 @@ def _ingest_export(
     export, encoding = decode_request(body, content_type, content_encoding)
     mapped = spans_to_events(export)
     result = ingestor.ingest(principal, mapped.events)
+    _count(request, result)
     rejected_spans = {mapped.span_of_event[r.index] for r in result.rejected}
     message = "; ".join(
         f"span {mapped.span_of_event[r.index]}: {r.code}: {r.message}" for r in result.rejected[:5]
