@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
+from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -15,6 +18,7 @@ from taskmeter.observability import metrics as metrics_module
 from taskmeter.store import Store
 from tests.events import StreamEvents
 from tests.factories import Factory, Person
+from tests.processes import serve, stop
 
 SAMPLE = re.compile(r"^([a-z_]+)(\{.*\})? (\S+)$")
 
@@ -173,3 +177,48 @@ def test_collectors_hook(client: TestClient) -> None:
         assert _samples(client.get("/metrics").text)["taskmeter_test_backlog"] == "7"
     finally:
         metrics_module.COLLECTORS.remove(backlog)
+
+
+def test_serve_with_two_workers_scrapes_agree(
+    database_url: str, factory: Factory, tmp_path: Path
+) -> None:
+    """`serve --workers 2` for real: every scrape, whichever worker answers it, gives the same
+    store totals; each worker's own ingest count is its share, and the shares add up."""
+    ada = factory.person("ada@example.com", team="red", role="admin")
+    process, base = serve(database_url, tmp_path, {"TASKMETER_WORKERS": "2"})
+    try:
+        accepted = 0
+        for index in range(12):  # a fresh connection each: the kernel spreads them by hash
+            s = StreamEvents(f"w-{index}")
+            s.started(0, model="gpt-4o")
+            s.llm(1, model="gpt-4o", cost_usd="0.10", input_tokens=10, output_tokens=1)
+            answer = httpx.post(
+                f"{base}/api/v1/usage/events", json={"events": s.events}, headers=ada.headers
+            )
+            accepted += answer.json()["accepted"]
+        assert accepted == 24
+        totals = set()
+        shares: dict[str, int] = {}
+        deadline = time.monotonic() + 30
+        while len(shares) < 2 or len(totals) == 0:
+            assert time.monotonic() < deadline, shares
+            got = _samples(httpx.get(f"{base}/metrics").text)
+            totals.add(
+                (
+                    got['taskmeter_credits_total{team="red",model="gpt-4o",byok="false"}'],
+                    got[
+                        'taskmeter_tokens_total{team="red",model="gpt-4o",byok="false",'
+                        'direction="input"}'
+                    ],
+                )
+            )
+            for key, value in got.items():
+                share = re.fullmatch(
+                    r'taskmeter_ingest_events_total\{pid="(\d+)",outcome="accepted"\}', key
+                )
+                if share:
+                    shares[share[1]] = int(value)
+    finally:
+        stop(process)
+    assert totals == {("0.12", "120")}
+    assert sum(shares.values()) == accepted
