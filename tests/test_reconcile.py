@@ -182,7 +182,7 @@ def test_the_table_as_printed(cli: CliRunner, usage: Person) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
         "day", "model", "projects", "provider", "$", "taskmeter", "$", "byok", "$", "calls",
-        "difference", "$", "ratio",
+        "difference", "$", "ratio", "check",
     ]  # fmt: skip
     assert lines[2].split() == [
         "2026-05-01", "gpt-4o-2024-08-06", "proj_abc", "2.000000", "2.000000", "0.700000", "3",

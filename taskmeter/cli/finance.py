@@ -18,7 +18,7 @@ from taskmeter.store.tables import TEAMS
 __all__ = ["reconcile_command"]
 
 COLUMNS = ("day", "model", "projects", "provider $", "taskmeter $", "byok $", "calls",
-           "difference $", "ratio", "")  # fmt: skip
+           "difference $", "ratio", "check")  # fmt: skip
 
 
 def _money(value: Decimal) -> str:

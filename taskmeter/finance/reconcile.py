@@ -68,26 +68,40 @@ def taskmeter_costs(
     model = func.lower(USAGE_EVENTS.c.model).label("model")
     stated = func.lower(cast(USAGE_EVENTS.c.payload["provider"].as_string(), String))
     named = stated.is_not(None).label("named")
-    query = (
+    # Summed per stream first, then joined for the BYOK flag: the join meets a row per
+    # stream, day and model instead of one per call (and a plan misled by stale statistics
+    # into a nested loop stays cheap).
+    per_stream = (
         select(
+            USAGE_EVENTS.c.stream_id,
             day,
             model,
-            STREAMS.c.is_byok,
             named,
             func.count().label("calls"),
             func.coalesce(func.sum(USAGE_EVENTS.c.cost_nano), 0).label("cost_nano"),
         )
-        .select_from(USAGE_EVENTS)
-        .join(STREAMS, STREAMS.c.stream_id == USAGE_EVENTS.c.stream_id)
         .where(
             USAGE_EVENTS.c.type == "llm.call",
             USAGE_EVENTS.c.time >= datetime.combine(start, time(), UTC),
             USAGE_EVENTS.c.time < datetime.combine(end, time(), UTC),
         )
-        .group_by(day, model, STREAMS.c.is_byok, named)
+        .group_by(USAGE_EVENTS.c.stream_id, day, model, named)
     )
     if provider is not None:
-        query = query.where(or_(stated.is_(None), stated == provider.lower()))
+        per_stream = per_stream.where(or_(stated.is_(None), stated == provider.lower()))
+    calls = per_stream.subquery("calls")
+    query = (
+        select(
+            calls.c.day,
+            calls.c.model,
+            STREAMS.c.is_byok,
+            calls.c.named,
+            func.sum(calls.c.calls).label("calls"),
+            func.sum(calls.c.cost_nano).label("cost_nano"),
+        )
+        .join(STREAMS, STREAMS.c.stream_id == calls.c.stream_id)
+        .group_by(calls.c.day, calls.c.model, STREAMS.c.is_byok, calls.c.named)
+    )
     if scope is not None:
         query = query.where(STREAMS.c.scope == scope)
     return [
@@ -96,7 +110,7 @@ def taskmeter_costs(
             row.model,
             bool(row.is_byok),
             bool(row.named),
-            row.calls,
+            int(row.calls),
             int(row.cost_nano),
         )
         for row in db.execute(query)
