@@ -162,13 +162,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         responses={200: {"content": {"text/plain": {}}, "description": "Metrics"}},
     )
     def metrics(store: StoreDep) -> PlainTextResponse:
-        with store.read() as db:
-            text = render(
-                db,
-                app.state.metrics,
-                dict(app.state.ingestor.prices.unpriced),
-                settings.credit_usd,
-            )
+        text = render(
+            store, app.state.metrics, dict(app.state.ingestor.prices.unpriced), settings.credit_usd
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     app.include_router(identity_router)

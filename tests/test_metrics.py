@@ -84,6 +84,7 @@ def test_store_counters_and_process_figures(client: TestClient, factory: Factory
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     got = _samples(answer.text)
     pid = os.getpid()
+    assert got["taskmeter_metrics_store_up"] == "1"
 
     # 1 credit = 10 USD; BYOK charges the base amount × the default rate 0.1.
     red = 'team="red",model="gpt-4o"'
@@ -222,3 +223,17 @@ def test_serve_with_two_workers_scrapes_agree(
         stop(process)
     assert totals == {("0.12", "120")}
     assert sum(shares.values()) == accepted
+
+
+def test_an_unreachable_store_costs_its_series_not_the_scrape() -> None:
+    app = create_app(Settings(database_url="postgresql://nobody@127.0.0.1:1/none"))
+    # No lifespan: the migration on start would fail first.
+    client = TestClient(app, raise_server_exceptions=False)
+    client.get("/healthz")
+    answer = client.get("/metrics")
+    client.close()
+    assert answer.status_code == 200
+    got = _samples(answer.text)
+    assert got["taskmeter_metrics_store_up"] == "0"
+    assert not any(k.startswith("taskmeter_credits_total") for k in got)
+    assert any(k.startswith("taskmeter_http_request_duration_seconds_count") for k in got)

@@ -3,10 +3,11 @@
     request ─ RequestTimer (ASGI) ─▶ ProcessMetrics.requests   (histogram: method, route, status)
     ingest endpoints ─ count_ingest ─▶ ProcessMetrics.ingested / rejected (by code)
     scrape ─ render(store, metrics, unpriced)
+              ├─ the per-process series above, labelled with the process id
               ├─ store_figures: stream_rollups_monthly summed per team, model, BYOK
               │   (credits, cost, tokens: the same exact totals from every worker)
-              ├─ the per-process series above, labelled with the process id
-              └─ COLLECTORS: callables added by other modules (e.g. a webhook outbox backlog)
+              ├─ COLLECTORS: callables added by other modules (e.g. a webhook outbox backlog)
+              └─ taskmeter_metrics_store_up: 0 when the store did not answer (the rest stays)
 
 Two kinds of figures. Totals of money and tokens are read from the store's monthly rollups at
 scrape time, so with `serve --workers N` every worker answers the same exact numbers, and they
@@ -24,6 +25,7 @@ never raw paths; no user, task or stream appears.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,8 +36,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from taskmeter.store import Store
 from taskmeter.store.tables import TEAMS, StreamRollupMonth
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
 # Seconds; the ingest path answers in milliseconds, a summary over a year in up to ~1 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_MODELS = 100
+log = logging.getLogger("taskmeter.metrics")
 NANO = Decimal(10) ** 9
 
 # Extra exposition sources: each is called with the open read session and returns complete
@@ -240,14 +245,28 @@ def _unpriced_lines(unpriced: Mapping[str, int]) -> list[str]:
 
 
 def render(
-    db: Session, metrics: ProcessMetrics, unpriced: Mapping[str, int], credit_usd: Decimal
+    store: Store, metrics: ProcessMetrics, unpriced: Mapping[str, int], credit_usd: Decimal
 ) -> str:
-    """The whole exposition (Prometheus text format 0.0.4)."""
+    """The whole exposition (Prometheus text format 0.0.4). An unreachable store costs the
+    store's series, not the scrape: the process's own figures are what explains an outage."""
     lines = _unpriced_lines(unpriced)
-    lines += _store_lines(store_figures(db), credit_usd)
     lines += metrics.lines()
-    for collector in COLLECTORS:
-        lines += list(collector(db))
+    try:
+        with store.read() as db:
+            figures = store_figures(db)
+            collected = [line for collector in COLLECTORS for line in collector(db)]
+    except DBAPIError as exc:
+        log.warning("metrics: the store did not answer: %s", exc.orig or exc)
+        reached = 0
+    else:
+        reached = 1
+        lines += _store_lines(figures, credit_usd)
+        lines += collected
+    lines += [
+        "# HELP taskmeter_metrics_store_up Whether this scrape read the store's figures.",
+        "# TYPE taskmeter_metrics_store_up gauge",
+        f"taskmeter_metrics_store_up {reached}",
+    ]
     return "\n".join(lines) + "\n"
 
 
