@@ -34,6 +34,7 @@ from taskmeter.ingest.admission import WriteAdmission
 from taskmeter.ingest.endpoints import router as ingest_router
 from taskmeter.ingest.service import Ingestor
 from taskmeter.ingest.sweeper import run_sweeper
+from taskmeter.observability.metrics import ProcessMetrics, RequestTimer, render
 from taskmeter.pricing.prices import PriceBook
 from taskmeter.store import Store
 from taskmeter.usage.endpoints import COMPONENTS as USAGE_COMPONENTS
@@ -155,8 +156,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         credit_usd=settings.credit_usd,
         default_rate=settings.neo_cost_rate,
     )
+    app.state.metrics = ProcessMetrics()
     install_error_handlers(app)
     app.add_middleware(HeaderSizeLimit)
+    # Outermost: the time includes the other middleware and error handling.
+    app.add_middleware(RequestTimer, metrics=app.state.metrics)
 
     @app.get("/healthz", tags=["System"], operation_id="healthz", summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -214,20 +218,17 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         summary="Prometheus metrics (text format)",
         responses={200: {"content": {"text/plain": {}}, "description": "Metrics"}},
     )
-    async def metrics() -> PlainTextResponse:
-        unpriced = app.state.ingestor.prices.unpriced
-        lines = [
-            "# HELP taskmeter_unpriced_calls_total Model calls recorded with no known price "
-            "(they cost 0), by model, since this process started.",
-            "# TYPE taskmeter_unpriced_calls_total counter",
-        ]
-        for model, count in sorted(dict(unpriced).items()):
-            escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            lines.append(f'taskmeter_unpriced_calls_total{{model="{escaped}"}} {count}')
-        lines += await _log_metrics()
-        if app.state.store.replica is not None:
-            lines += app.state.store.replica.metrics()
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    async def metrics(store: StoreDep) -> PlainTextResponse:
+        unpriced = dict(app.state.ingestor.prices.unpriced)
+        text = await run_in_threadpool(
+            render, store, app.state.metrics, unpriced, settings.credit_usd
+        )
+        extra = await _log_metrics()
+        if store.replica is not None:
+            extra += store.replica.metrics()
+        if extra:
+            text += "\n".join(extra) + "\n"
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def _log_metrics() -> list[str]:
         ingest_log = app.state.ingest_log

@@ -241,4 +241,6 @@ def test_unpriced_calls_are_a_metric(client: TestClient, factory: Factory) -> No
     text = client.get("/metrics").text
     assert "# TYPE taskmeter_unpriced_calls_total counter" in text
     assert 'taskmeter_unpriced_calls_total{model="weird \\"model\\""} 3' in text
-    assert "gpt-4o" not in text
+    # Priced: in the credit and token counters, not among the unpriced.
+    assert 'taskmeter_unpriced_calls_total{model="gpt-4o"}' not in text
+    assert 'model="gpt-4o"' in text

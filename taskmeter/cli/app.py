@@ -9,6 +9,7 @@ import typer
 import typer.core
 
 from taskmeter.cli.credits import credits
+from taskmeter.cli.finance import reconcile_command
 from taskmeter.cli.governance import caps, projects
 from taskmeter.cli.identity import keys, teams, users
 from taskmeter.cli.server import db, projector, serve
@@ -60,4 +61,5 @@ app.command("serve")(serve)
 app.command("projector")(projector)
 app.command("sweep")(sweep)
 app.command("demo")(demo)
+app.command("reconcile")(reconcile_command)
 app.add_typer(usage, name="usage")

@@ -15,7 +15,7 @@ from taskmeter.deps import AUTH_RESPONSES, PrincipalDep
 from taskmeter.errors import BadRequest, ErrorResponse, PayloadTooLarge, Unavailable
 from taskmeter.identity.principal import Principal
 from taskmeter.ingest.otlp import decode_request, encode_response, spans_to_events
-from taskmeter.ingest.service import Ingestor
+from taskmeter.ingest.service import Ingestor, IngestResult
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "read_capped_body", "router"]
 
@@ -129,6 +129,7 @@ async def post_events(request: Request, principal: PrincipalDep) -> JSONResponse
             result = await _logged(ingest_log, principal, events, nul_free=nul_free)
         else:
             result = await run_in_threadpool(ingestor.ingest, principal, events, nul_free=nul_free)
+    _count(request, result)
     return JSONResponse(result.as_json(), status_code=207 if result.rejected else 200)
 
 
@@ -192,11 +193,13 @@ async def post_traces(request: Request, principal: PrincipalDep) -> Response:
             )
             mapped = await run_in_threadpool(spans_to_events, export)
             result = await _logged(ingest_log, principal, mapped.events, nul_free=False)
+        _count(request, result)
         content, media = _export_answer(mapped, result, encoding)
         return Response(content, media_type=media)
     with request.app.state.admission.admit():
         content, media = await run_in_threadpool(
             _ingest_export,
+            request,
             ingestor,
             principal,
             body,
@@ -206,7 +209,14 @@ async def post_traces(request: Request, principal: PrincipalDep) -> Response:
     return Response(content, media_type=media)
 
 
+def _count(request: Request, result: IngestResult) -> None:
+    request.app.state.metrics.count_ingest(
+        result.accepted, result.duplicates, (r.code for r in result.rejected)
+    )
+
+
 def _ingest_export(
+    request: Request,
     ingestor: Ingestor,
     principal: Principal,
     body: bytes,
@@ -219,6 +229,7 @@ def _ingest_export(
     export, encoding = decode_request(body, content_type, content_encoding)
     mapped = spans_to_events(export)
     result = ingestor.ingest(principal, mapped.events)
+    _count(request, result)
     return _export_answer(mapped, result, encoding)
 
 
