@@ -10,6 +10,7 @@ import typer.core
 
 from taskmeter.cli.credits import credits
 from taskmeter.cli.identity import keys, teams, users
+from taskmeter.cli.reprice import reprice
 from taskmeter.cli.server import db, serve
 from taskmeter.cli.usage import demo, usage
 from taskmeter.cli.usage_ops import prices, sweep
@@ -53,6 +54,7 @@ app.add_typer(keys, name="keys")
 app.add_typer(credits, name="credits")
 app.add_typer(db, name="db")
 app.add_typer(prices, name="prices")
+app.add_typer(reprice, name="reprice")
 app.command("serve")(serve)
 app.command("sweep")(sweep)
 app.command("demo")(demo)
