@@ -402,3 +402,50 @@ def test_cli_dry_run_apply_and_log(
     assert entry["base_after_nano"] - entry["base_before_nano"] == 3 * 320_000
     table = cli.invoke(app, ["reprice", "log"])
     assert table.exit_code == 0 and "finance@example.com" in table.output
+
+
+def test_concurrent_ingestion_stays_exact(store: Store, factory: Factory, tmp_path: Path) -> None:
+    """Calls landing in the streams being re-priced (by a server already on the new prices)
+    end exactly where a rebuild from the events under those prices puts them."""
+    import threading
+
+    org(factory)
+    ingest(store, PriceBook(prices_file(tmp_path, "v1.toml", PRICES_V1)), usage_events(12))
+    v2_path = prices_file(tmp_path, "v2.toml", PRICES_V2)
+    ingestor = Ingestor(store, PriceBook(v2_path), credit_usd=CREDIT_USD, default_rate=RATE)
+    errors: list[BaseException] = []
+
+    def more_calls() -> None:
+        try:
+            for round_ in range(6):
+                batch = []
+                for n in range(12):
+                    stream = StreamEvents(
+                        task_id=f"task-{n % 3}", stream_id=f"00000000-0000-4000-8000-{n:012d}"
+                    )
+                    batch.append(
+                        stream.llm(
+                            100 + round_,
+                            id=f"late-{round_}",
+                            model="mystery",
+                            time="2026-06-03T00:00:00Z",
+                        )
+                    )
+                result = ingestor.ingest(SERVICE, batch)
+                assert result.accepted == 12, result
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    writer = threading.Thread(target=more_calls)
+    writer.start()
+    run(store, PriceBook(v2_path), group_streams=1)
+    writer.join()
+    assert not errors, errors
+    # Whatever the interleaving, a second pass finds nothing left to re-price …
+    assert run(store, PriceBook(v2_path), dry_run=True).plan.calls_changed == 0
+    repriced = snapshot(store)
+    # … and the figures are the events' under the new prices.
+    events = stored_events(store)
+    wipe_usage(store)
+    ingest(store, PriceBook(v2_path), events)
+    assert snapshot(store) == repriced
