@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import Uuid, bindparam, cast, func, select, text, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from taskmeter.finance.reprice_plan import (
@@ -208,8 +209,7 @@ def _reprice_group(
     streams = {row.stream_id: row for row in map(StreamRow, lock_streams(db, ids))}
     before = {sid: stream_contribution(s) for sid, s in streams.items()}
     changed: list[dict[str, Any]] = []
-    query = candidate_query(rules, owners).where(USAGE_EVENTS.c.stream_id.in_(ids))
-    for row in in_filter(db.execute(query), rules):
+    for row in in_filter(_group_calls(db, rules, owners, ids), rules):
         cost, source = repricer.reprice(row)
         if (cost, source) == (row.cost_nano, row.price_source_id):
             continue
@@ -245,6 +245,20 @@ def _reprice_group(
         )
     )
     return sources
+
+
+def _group_calls(db: Session, rules: RepriceFilter, owners: Owners, ids: list[uuid.UUID]) -> Any:
+    """The group's calls in range: on PostgreSQL one index probe a stream (a LATERAL join
+    from the ids). `stream_id IN (…)` was planned as a sequential scan of the whole table
+    for every group: 0.3 s a group at 1.2M events, most of a re-pricing's time."""
+    query = candidate_query(rules, owners)
+    if db.get_bind().dialect.name != "postgresql":
+        return db.execute(query.where(USAGE_EVENTS.c.stream_id.in_(ids)))
+    keys = func.unnest(cast(bindparam("ids"), ARRAY(Uuid()))).table_valued("stream_id")
+    k = keys.render_derived(name="k")
+    # OFFSET 0 keeps the subquery a probe of its own (not flattened into a hash join).
+    probe = query.where(USAGE_EVENTS.c.stream_id == k.c.stream_id).offset(0).lateral("e")
+    return db.execute(select(probe).select_from(k).join(probe, true()), {"ids": ids})
 
 
 _PG_UPDATE_CALLS = text(
