@@ -449,3 +449,60 @@ def test_concurrent_ingestion_stays_exact(store: Store, factory: Factory, tmp_pa
     wipe_usage(store)
     ingest(store, PriceBook(v2_path), events)
     assert snapshot(store) == repriced
+
+
+def test_killed_run_resumes_to_the_same_numbers(
+    database_url: str, store: Store, factory: Factory, tmp_path: Path
+) -> None:
+    """`taskmeter reprice` killed (SIGKILL) between transactions, then run again, ends where
+    a rebuild from the events under the new prices (= an uninterrupted run) does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    org(factory)
+    events: list[dict[str, Any]] = []
+    for n in range(150):  # one task a stream: 150 transactions of one stream
+        s = StreamEvents(task_id=f"kill-{n}", stream_id=f"00000000-0000-4000-9000-{n:012d}")
+        s.started(0, user="ada@example.com")
+        s.llm(1, model="mystery")
+        s.finished(2)
+        events += s.events
+    ingest(store, PriceBook(), events)
+    v2 = prices_file(tmp_path, "v2.toml", PRICES_V2)
+    env = {**os.environ, "TASKMETER_DATABASE_URL": database_url, "TASKMETER_PRICES_FILE": str(v2)}
+    command = [str(Path(sys.executable).parent / "taskmeter"), "reprice", "--group-streams", "1"]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    progress = 0
+    while time.monotonic() < deadline and child.poll() is None:
+        with store.read() as db:
+            progress = db.execute(select(REPRICE_RUNS.c.transactions)).scalar() or 0
+        if progress >= 3:
+            child.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    child.wait()
+    with store.read() as db:
+        killed = db.execute(select(REPRICE_RUNS)).one()
+    if child.returncode != -signal.SIGKILL or killed.state == "done":
+        pytest.skip("the run finished before it could be killed")
+    assert killed.state == "running" and 3 <= killed.transactions < 150
+    again = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "resuming the unfinished run" in again.stdout
+    with store.read() as db:
+        done = db.execute(select(REPRICE_RUNS)).one()
+    assert (done.state, done.transactions, done.streams_done, done.calls_done) == (
+        "done",
+        150,
+        150,
+        150,
+    )
+    repriced = snapshot(store)
+    events = stored_events(store)
+    wipe_usage(store)
+    ingest(store, PriceBook(v2), events)
+    assert snapshot(store) == repriced
