@@ -152,3 +152,15 @@ def test_prices_show_tells_which_price_and_why(database_url: str, tmp_path: Path
     bad = cli.invoke(app, ["prices", "show", "gpt-4o", "--at", "soon"])
     assert bad.exit_code == 1
     assert bad.output.strip() == "error: --at 'soon' is not a date or RFC 3339 time"
+
+
+def test_a_stated_cost_with_the_longest_names_is_recorded(store: Store, factory: Factory) -> None:
+    """Model and provider names as long as the ingest API accepts fit the source row."""
+    factory.person("ada@example.com")
+    s = StreamEvents()
+    s.started(0, user="ada@example.com")
+    s.llm(1, model="m" * 200, provider="p" * 200, cost_usd="0.1")
+    ingest(store, PriceBook(), s.events)
+    with store.read() as db:
+        (source,) = db.execute(select(PRICE_SOURCES)).all()
+    assert (source.kind, len(source.model), len(source.provider)) == ("stated", 200, 200)

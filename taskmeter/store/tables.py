@@ -196,7 +196,7 @@ class PriceSourceRecord(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "stated" | "file" | "genai-prices"
     ref: Mapped[str | None] = mapped_column(String(80))
     model: Mapped[str | None] = mapped_column(String(200))
-    provider: Mapped[str | None] = mapped_column(String(64))
+    provider: Mapped[str | None] = mapped_column(String(200))
     rates: Mapped[dict[str, str] | None] = mapped_column(JSONDoc())
     effective_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

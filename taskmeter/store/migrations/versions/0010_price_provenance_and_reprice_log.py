@@ -32,7 +32,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("ref", sa.String(length=80), nullable=True),
         sa.Column("model", sa.String(length=200), nullable=True),
-        sa.Column("provider", sa.String(length=64), nullable=True),
+        sa.Column("provider", sa.String(length=200), nullable=True),
         sa.Column("rates", taskmeter.store.types.JSONDoc(), nullable=True),
         sa.Column(
             "effective_from", taskmeter.store.types.UTCDateTime(timezone=True), nullable=True
