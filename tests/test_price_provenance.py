@@ -120,6 +120,7 @@ def test_a_source_rolled_back_is_written_again(store: Store, tmp_path: Path) -> 
         ),
         ("[[models.m.prices]]\ninput_mtok = 2\noutput_mtok = 2\n", "needs effective_from"),
         ("[models.m]\nprices = 3\n", "must be an array of tables"),
+        (f'[models."{"m" * 201}"]\ninput_mtok = 1\noutput_mtok = 1\n', "at most 200"),
     ],
 )
 def test_bad_dated_prices_are_refused(tmp_path: Path, content: str, message: str) -> None:

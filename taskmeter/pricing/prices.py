@@ -191,6 +191,9 @@ def parse_overrides(path: Path, text: str, sha256: str | None = None) -> dict[st
         if provider is not None and not isinstance(provider, str):
             raise PricesFileError(f"{where}.provider must be a string")
         provider = provider.lower() if provider else None
+        if len(name) > 200 or len(provider or "") > 200:
+            # Calls name models and providers in at most 200 characters (and so do sources).
+            raise PricesFileError(f"{where}: model and provider names are at most 200 characters")
         source = {"ref": sha256, "model": name.lower(), "provider": provider}
         periods: list[tuple[datetime | None, Rates]] = []
         dated = entry.get("prices", [])
