@@ -471,10 +471,10 @@ def test_events_appended_in_bulk_read_back_exactly(store: Store) -> None:
     now = datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC)
     rows = [
         (sid, "e1", "task ✓", "llm.call", datetime(2026, 3, 1, 11, 0, tzinfo=UTC), "gpt-4o",
-         {"input_tokens": 10, "cost_usd": "0.1", "provider": 'o"penai\\'}, 2**40, now),
+         {"input_tokens": 10, "cost_usd": "0.1", "provider": 'o"penai\\'}, 2**40, now, 2**62),
         (sid, "e2", "task ✓", "tool.call",
          datetime(2026, 3, 1, 16, 30, 0, 999999, tzinfo=timezone(timedelta(hours=5))), None,
-         {"tool_name": "nmap ünï", "duration_ms": 0}, None, now),
+         {"tool_name": "nmap ünï", "duration_ms": 0}, None, now, None),
     ]  # fmt: skip
     with store.write() as db:
         append_events(db, rows)
@@ -483,6 +483,7 @@ def test_events_appended_in_bulk_read_back_exactly(store: Store) -> None:
     for row in rows:
         event = stored[row[1]]
         back = (event.stream_id, event.event_id, event.task_id, event.type, event.time,
-                event.model, event.payload, event.cost_nano, event.received_at)  # fmt: skip
+                event.model, event.payload, event.cost_nano, event.received_at,
+                event.price_source_id)  # fmt: skip
         assert back == row
     assert stored["e2"].time.utcoffset() == timedelta(0)

@@ -12,6 +12,7 @@ from taskmeter.cli.credits import credits
 from taskmeter.cli.finance import reconcile_command
 from taskmeter.cli.governance import caps, projects
 from taskmeter.cli.identity import keys, teams, users
+from taskmeter.cli.reprice import reprice
 from taskmeter.cli.server import db, projector, serve
 from taskmeter.cli.usage import demo, usage
 from taskmeter.cli.usage_ops import prices, sweep
@@ -57,6 +58,7 @@ app.add_typer(projects, name="projects")
 app.add_typer(caps, name="caps")
 app.add_typer(db, name="db")
 app.add_typer(prices, name="prices")
+app.add_typer(reprice, name="reprice")
 app.command("serve")(serve)
 app.command("projector")(projector)
 app.command("sweep")(sweep)

@@ -1,6 +1,8 @@
-"""`taskmeter sweep` and `taskmeter prices check`: operating the usage pipeline."""
+"""`taskmeter sweep`, `taskmeter prices check|show`: operating the usage pipeline."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 from sqlalchemy import func, select
@@ -14,8 +16,10 @@ from taskmeter.cli.common import (
     settings_from,
 )
 from taskmeter.ingest.sweeper import sweep as run_sweep
+from taskmeter.pricing.explain import explain_price
 from taskmeter.pricing.prices import PriceBook, PricesFileError
 from taskmeter.store.tables import UsageEvent
+from taskmeter.timeutil import parse_instant, utc_now
 
 prices = typer.Typer(help="Check model prices.", no_args_is_help=True)
 
@@ -67,4 +71,46 @@ def prices_check(ctx: typer.Context, as_json: bool = JsonOption) -> None:
                 [r["model"] or "(none)", r["unpriced_calls"], r["first_seen"], r["priced_now"]]
                 for r in out
             ],
+        )
+
+
+@prices.command("show")
+def prices_show(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="The model, as calls name it.")],
+    provider: Annotated[
+        str | None, typer.Option("--provider", help="The provider calls name.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="A call's time (RFC 3339 or date; else now).")
+    ] = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Which price applies to MODEL's calls at a time, and why."""
+    settings = settings_from(ctx)
+    try:
+        when = parse_instant(at) if at else utc_now()
+    except ValueError:
+        fail(f"--at {at!r} is not a date or RFC 3339 time")
+    try:
+        book = PriceBook(settings.prices_file)
+    except PricesFileError as exc:
+        fail(f"prices file: {exc}")
+    out = explain_price(book, model, provider, when)
+    if as_json:
+        print_json(out)
+        return
+    print(out["why"])
+    if out.get("why_not_file"):
+        print(f"({out['why_not_file']})")
+    applies = out["applies"]
+    if applies is not None:
+        rates = ", ".join(f"{k} {v}" for k, v in applies["rates"].items())
+        print(f"rates (USD per million tokens): {rates}")
+        print(f"recorded on calls as price source {applies['id']} ({applies['kind']})")
+    if out["schedule"]:
+        print_table(
+            f"prices file entries for {model}",
+            ["effective from", "input", "output", "cache read", "cache write"],
+            [[p["effective_from"] or "(always)", *p["rates"].values()] for p in out["schedule"]],
         )

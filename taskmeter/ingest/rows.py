@@ -75,7 +75,9 @@ _PAYLOAD_FIELDS = {
 }
 
 
-def event_row(event: Event, cost_nano: int | None, now: datetime) -> tuple[Any, ...]:
+def event_row(
+    event: Event, cost_nano: int | None, now: datetime, price_source_id: int | None = None
+) -> tuple[Any, ...]:
     """The event's `usage_events` row, its values in `EVENT_COLUMNS` order."""
     # What `model_dump(mode="json", exclude=…, exclude_none=True)` gives for these flat
     # models (a Decimal as its string), at a fifth of its cost.
@@ -88,12 +90,12 @@ def event_row(event: Event, cost_nano: int | None, now: datetime) -> tuple[Any, 
     # `fields`, not getattr: pydantic answers a missing attribute by raising, slowly.
     model = fields.get("model")
     return (event.stream_id, event.id, event.task_id, event.type, event.time, model, payload,
-            cost_nano, now)  # fmt: skip
+            cost_nano, now, price_source_id)  # fmt: skip
 
 
 assert EVENT_COLUMNS == (
     "stream_id", "event_id", "task_id", "type", "time", "model", "payload", "cost_nano",
-    "received_at",
+    "received_at", "price_source_id",
 )  # fmt: skip
 _SQLITE_EVENT_INSERT = (
     f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 - column names
@@ -132,7 +134,18 @@ def append_events(db: Session, rows: list[tuple[Any, ...]]) -> None:
         db.connection().exec_driver_sql(
             _SQLITE_EVENT_INSERT,
             [
-                (stream_id(r[0]), r[1], r[2], r[3], when(r[4]), r[5], payload(r[6]), r[7], received)
+                (
+                    stream_id(r[0]),
+                    r[1],
+                    r[2],
+                    r[3],
+                    when(r[4]),
+                    r[5],
+                    payload(r[6]),
+                    r[7],
+                    received,
+                    r[9],
+                )
                 for r in rows
             ],
         )

@@ -67,21 +67,24 @@ class Ingestor:
         self.credit_usd = credit_usd
         self.default_rate = default_rate
 
-    def cost_nano(self, event: LlmCall) -> int | None:
+    def cost_nano(self, event: LlmCall) -> tuple[int | None, int | None]:
+        """The call's cost in nano-credits and its price source's id (None, None: unpriced)."""
         if event.cost_usd is not None:
-            return usd_to_nano_credits(event.cost_usd, self.credit_usd)
-        usd = self.prices.price_usd(
-            event.model,
-            event.provider,
+            source = self.prices.stated_source(event.model, event.provider)
+            return usd_to_nano_credits(event.cost_usd, self.credit_usd), source.id
+        rates = self.prices.rates_for(event.model, event.provider, event.input_tokens, event.time)
+        if rates is None:
+            return None, None
+        usd = rates.cost(
             CallTokens(
                 event.input_tokens,
                 event.output_tokens,
                 event.cache_read_tokens,
                 event.cache_write_tokens,
-            ),
-            event.time,
+            )
         )
-        return None if usd is None else usd_to_nano_credits(usd, self.credit_usd)
+        assert rates.source is not None
+        return usd_to_nano_credits(usd, self.credit_usd), rates.source.id
 
     def ingest(
         self, principal: Principal, raw_events: Sequence[Any], *, nul_free: bool = False
@@ -97,6 +100,9 @@ class Ingestor:
             try:
                 with self.store.write() as db:
                     self._store(db, principal, by_stream, outcome)
+                    # Price sources first used by this batch (rarely any): recorded with it.
+                    sources = self.prices.sources.write_pending(db)
+                self.prices.sources.committed(sources)
                 outcome.rejected.sort(key=operator.attrgetter("index"))
                 return outcome
             except IntegrityError as exc:
@@ -181,9 +187,9 @@ class Ingestor:
                         Rejection(index, event.id, rejection.code, rejection.message)
                     )
                     continue
-                cost = self.cost_nano(event) if isinstance(event, LlmCall) else None
+                cost, source = self.cost_nano(event) if isinstance(event, LlmCall) else _NO_PRICE
                 apply_event(stream, event, cost)
-                rows.append(event_row(event, cost, now))
+                rows.append(event_row(event, cost, now, source))
                 accepted += 1
             if accepted:
                 stream.last_received_at = now
@@ -288,6 +294,8 @@ class Ingestor:
         elif not principal.is_service and stream.owner_user_id is None:
             stream.owner_user_id = principal.user_id
 
+
+_NO_PRICE: tuple[None, None] = (None, None)
 
 # Each retry finds the raced streams stored; a third race in a row is not a race.
 _ATTEMPTS = 3
