@@ -25,6 +25,7 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -123,6 +124,31 @@ def bodies(
         pending = pending[size:]
 
 
+NATS_URL = os.environ.get("TASKMETER_BENCH_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def start_floor(url: str, workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/floor.py on a free port, once it answers."""
+    from common import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("floor.py")), "--url", url,
+         "--port", str(port), "--workers", str(workers)],
+        cwd=Path(__file__).parent,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"{base}/", content=b'{"events": []}')
+            time.sleep(1)  # every worker up
+            return server, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("the floor server did not start")
+
+
 def define_caps(url: str, user: str, count: int) -> None:
     """`count` caps: the run's user's (every period), its member and team caps, then one on
     each of as many other users as are left."""
@@ -183,6 +209,9 @@ def main() -> None:
     parser.add_argument(
         "--recent", action="store_true", help="streams from a week ago, in a team (with --caps)"
     )
+    parser.add_argument("--log", action="store_true", help="through the NATS ingest log")
+    parser.add_argument("--floor", action="store_true", help="send to bench/floor.py instead")
+    parser.add_argument("--rate", type=float, default=0, help="events/s to pace at (0: flat out)")
     args = parser.parse_args()
     if args.caps:
         args.recent = True
@@ -212,7 +241,15 @@ def main() -> None:
         run("teams", "create", f"team-{user}", "--admin", user)
         define_caps(url, user, args.caps)
     key = run("keys", "create", "--service", "bench")
-    server, base = start_serve(url, workdir, TASKMETER_WORKERS=str(args.workers))
+    serve_env = {"TASKMETER_WORKERS": str(args.workers)}
+    log_stream = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
+    if args.log:
+        serve_env |= {"TASKMETER_INGEST_LOG": NATS_URL, "TASKMETER_INGEST_LOG_STREAM": log_stream}
+    if args.floor:
+        server, base = start_floor(url, workdir, args.workers)
+    else:
+        server, base = start_serve(url, workdir, **serve_env)
+    lag_samples: list[float] = []
     try:
         # One body source per connection, like one agent worker per connection: a stream's
         # events are batched by the client that runs it, and its batches arrive in order.
@@ -244,7 +281,13 @@ def main() -> None:
                 headers={"X-Api-Key": key, "content-type": "application/json"},
                 timeout=120,
             ) as client:
+                sent = 0
                 while time.monotonic() < deadline:
+                    if args.rate:
+                        due = started + sent * args.batch * args.concurrency / args.rate
+                        if due > time.monotonic():
+                            time.sleep(due - time.monotonic())
+                        sent += 1
                     if ready:
                         body = ready.pop()
                     else:
@@ -271,8 +314,15 @@ def main() -> None:
         split = connections_by_process(base)
         while any(t.is_alive() for t in threads):
             peak_rss[0] = max(peak_rss[0], rss_mib(server.pid))
+            if args.log:
+                lag_samples.append(httpx.get(f"{base}/readyz").json()["log"]["lag_seconds"])
             time.sleep(0.5)
         wall = time.monotonic() - started
+        drained = wall
+        if args.log:  # queryable: until every logged batch is in the store
+            while httpx.get(f"{base}/readyz").json()["log"]["lag_messages"]:
+                time.sleep(0.2)
+            drained = time.monotonic() - started
         latencies.sort()
 
         def p(q: float) -> float:
@@ -286,6 +336,14 @@ def main() -> None:
         if made_late[0]:
             print(f"bodies made during the run (raise --prepare): {made_late[0]}")
         print(f"sustained: {accepted[0] / wall:,.0f} events/s")
+        if args.log:
+            lag_samples.sort()
+            p99_lag = lag_samples[min(len(lag_samples) - 1, int(0.99 * len(lag_samples)))]
+            print(
+                f"queryable: {accepted[0] / drained:,.0f} events/s (drained {drained - wall:.1f} s "
+                f"after sending); projection lag p50 {lag_samples[len(lag_samples) // 2]:.2f} s, "
+                f"p99 {p99_lag:.2f} s, max {lag_samples[-1]:.2f} s"
+            )
         if latencies:
             print(
                 f"batch latency: p50 {p(0.5):.0f} ms  p99 {p(0.99):.0f} ms  "

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from taskmeter.deps import AUTH_RESPONSES, PrincipalDep, ScopeDep, StoreDep
-from taskmeter.errors import BadRequest, ErrorResponse
+from taskmeter.errors import BadRequest, ErrorResponse, NotFound
 from taskmeter.governance.authorize import AuthorizeRequest, authorize, release
 from taskmeter.governance.caps import CapError, parse_limit, parse_thresholds, remove_cap, set_cap
 from taskmeter.governance.scoped import cap_in_scope, caps_in_scope, target_in_scope
@@ -139,7 +139,12 @@ def get_caps(scope: ScopeDep, store: StoreDep) -> dict[str, Any]:
     "/api/v1/usage/caps",
     operation_id="put-v1-usage-caps",
     summary="Create or change a cap in the caller's scope",
-    responses={**AUTH_RESPONSES, 400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    responses={
+        **AUTH_RESPONSES,
+        201: {"description": "The cap was created"},
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+    },
 )
 def put_cap(body: CapBody, scope: ScopeDep, store: StoreDep) -> JSONResponse:
     try:
@@ -169,6 +174,8 @@ def put_cap(body: CapBody, scope: ScopeDep, store: StoreDep) -> JSONResponse:
     responses={**AUTH_RESPONSES, 404: {"model": ErrorResponse}},
 )
 def delete_cap(cap_id: int, scope: ScopeDep, store: StoreDep) -> dict[str, Any]:
+    if not 0 < cap_id < 2**31:
+        raise NotFound(f"no cap {cap_id}")
     with store.write() as db:
         cap = cap_in_scope(db, scope, cap_id)
         remove_cap(db, cap.id)
