@@ -18,6 +18,7 @@ stack trace, and its body never carries either.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -211,6 +212,30 @@ def store_fault(exc: BaseException) -> str | None:
     return UNAVAILABLE  # psycopg raises OperationalError for connection-level failures only
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every documented method of this path: Starlette's own Allow names only the first route
+    that matched, and GET and PUT of one resource are two routes here."""
+    app = request.app
+    table = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = [
+            (re.compile("^" + re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(path)) + "$"), ops)
+            for path, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allowed_methods = table
+    methods = {
+        method.upper()
+        for pattern, ops in table
+        if pattern.match(request.url.path)
+        for method in ops
+        if method in _HTTP_METHODS
+    }
+    return ", ".join(sorted(methods))
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -235,7 +260,9 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = str(exc.detail)
         response = _response(exc.status_code, detail)
         for name, value in (exc.headers or {}).items():
-            response.headers[name] = value  # e.g. Allow on a 405
+            response.headers[name] = value
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            response.headers["Allow"] = allowed
         return response
 
     # Registered for OperationalError as well as Exception: Starlette re-raises whatever reaches

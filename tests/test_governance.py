@@ -315,6 +315,11 @@ def test_authorize_input_and_callers(client: TestClient, org: dict[str, Any]) ->
         ({"user": "dev@acme.test", "team": "rival"}, "invalid_request"),
         ({"user": "dev@acme.test", "stream_id": "not-a-uuid"}, "invalid_request"),
         ({"estimate_credits": 1}, "invalid_request"),
+        # A NUL is in no stored name, and PostgreSQL cannot even compare against one.
+        ({"user": "dev@acme.test\u0000"}, "invalid_request"),
+        ({"user": "dev@acme.test", "team": "acme\u0000"}, "invalid_request"),
+        ({"user": "dev@acme.test", "project": "p\u0000"}, "invalid_request"),
+        ({"user": "dev@acme.test", "task_id": "t\u0000"}, "invalid_request"),
     ]:
         response = authorize(client, key, **body)
         assert response.status_code == 400, (body, response.text)
@@ -389,7 +394,13 @@ def test_team_admins_manage_their_caps_over_the_api(
         json={"kind": "user", "user": "dev@acme.test", "period": "day", "limit_credits": 1},
     )  # fmt: skip
     assert user_cap.status_code == 403
-    for bad in ({"limit_credits": -1}, {"tz": "Nowhere/Land"}, {"period": "year"}):
+    for bad in (
+        {"limit_credits": -1},
+        {"tz": "Nowhere/Land"},
+        {"period": "year"},
+        {"tz": "UTC\u0000"},
+        {"kind": "member", "user": "dev@acme.test\u0000"},
+    ):
         body = {"kind": "team", "period": "day", "limit_credits": 1, **bad}
         response = client.put("/api/v1/usage/caps", headers=admin.headers, json=body)
         assert response.status_code == 400, (bad, response.text)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from taskmeter.deps import AUTH_RESPONSES, PrincipalDep, ScopeDep, StoreDep
@@ -30,9 +30,19 @@ __all__ = ["router"]
 router = APIRouter(tags=["Governance"])
 
 
-class AuthorizeBody(BaseModel):
+class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # No stored name holds a NUL, and PostgreSQL cannot even compare against one.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
+
+class AuthorizeBody(_Body):
     user: str | None = Field(
         default=None,
         min_length=1,
@@ -48,9 +58,7 @@ class AuthorizeBody(BaseModel):
     )
 
 
-class CapBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CapBody(_Body):
     kind: Literal["user", "team", "member", "project"]
     user: str | None = Field(default=None, max_length=320)
     project: str | None = Field(default=None, max_length=200)
