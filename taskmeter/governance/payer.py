@@ -1,0 +1,284 @@
+"""Who pays for a stream, and what stands against them: the state `authorize` decides on.
+
+    AuthorizeRequest ─ resolve_payer (one statement; on PostgreSQL it also takes the payer
+                       scope's advisory lock) ─▶ Payer
+    Payer ─ payer_state (one statement) ─▶ open holds, the credit account, the caps in
+                                           effect with their latest period's spend
+
+The lock is taken by the first statement and the state read by the second: under READ
+COMMITTED a statement reads what was committed when it started, so the state is read after the
+lock is held, and every authorization of a scope sees the holds of the one before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import String, bindparam, case, cast, func, literal, or_, select, true
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+from taskmeter.errors import BadRequest, Forbidden
+from taskmeter.governance.caps import stream_subjects
+from taskmeter.identity.principal import Principal, scope_key
+from taskmeter.identity.service import IdentityError, normalise_email
+from taskmeter.store.tables import (
+    CAP_SPEND,
+    CAPS,
+    CREDIT_GRANTS,
+    MEMBERSHIPS,
+    PROJECTS,
+    RESERVATIONS,
+    STREAMS,
+    TEAMS,
+    USERS,
+)
+from taskmeter.usage.account import charged_since_expr
+
+if TYPE_CHECKING:
+    from taskmeter.governance.authorize import AuthorizeRequest
+
+__all__ = [
+    "Hold",
+    "Payer",
+    "PayerState",
+    "held_against",
+    "open_holds",
+    "payer_state",
+    "resolve_payer",
+]
+
+
+@dataclass(frozen=True)
+class Payer:
+    """Who a stream's spend counts against."""
+
+    user_id: int
+    team_id: int | None
+    project_id: int | None
+    scope: str
+    # When the payer's credit account was last reset.
+    reset_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    user_id: int
+    team_id: int | None
+    project_id: int | None
+    scope: str
+    created_at: datetime
+    nano: int
+
+
+def resolve_payer(
+    db: Session, principal: Principal, request: AuthorizeRequest, *, lock: bool = False
+) -> Payer:
+    """Who pays for the stream, in one statement. With `lock` (PostgreSQL), the same statement
+    takes a transaction-scoped advisory lock on the payer's scope (its team, or the solo user):
+    every authorization of that scope's users, caps, projects and credits then runs one after
+    another, and the statements after this one see what the previous holder committed.
+    SQLite's write transaction is exclusive from its BEGIN IMMEDIATE. Also with `lock`, the
+    transaction commits asynchronously: a reservation is a hold, not usage (bench/RESULTS.md:
+    the WAL flush had doubled authorize's time); others see it at commit either way, and a
+    server crash can forget only the last holds."""
+    try:
+        email = normalise_email(request.user)
+    except IdentityError as exc:
+        raise BadRequest(f"user: {exc}") from None
+    if not principal.is_service and principal.email != email:
+        raise Forbidden("a user's key may only authorize its own streams")
+    postgresql = db.get_bind().dialect.name == "postgresql"
+    query = _PAYER_LOCKED if lock and postgresql else _PAYER
+    found = db.execute(query, {"email": email, "project": request.project}).one_or_none()
+    if found is None:
+        raise BadRequest(f"no user with email {email}", code="unknown_user")
+    if request.team is not None and request.team != found.team_name:
+        # Streams are stamped with the owner's team when they start: no other team can pay.
+        raise BadRequest(f"{email} is not in team {request.team!r}", code="invalid_request")
+    team_id = found.team_id
+    scope = scope_key(team_id=team_id, user_id=found.id)
+    if request.project is not None:
+        if found.project_id is None:
+            raise BadRequest(
+                f"no project {request.project!r} in the stream owner's "
+                + ("team" if team_id is not None else "own usage"),
+                code="unknown_project",
+            )
+        if found.project_archived_at is not None:
+            raise BadRequest(f"project {request.project!r} is archived", code="project_archived")
+    reset_at = found.team_reset_at if team_id is not None else found.user_reset_at
+    return Payer(found.id, team_id, found.project_id, scope, reset_at)
+
+
+_SCOPE_SQL = case(
+    (MEMBERSHIPS.c.team_id.is_not(None), literal("t") + cast(MEMBERSHIPS.c.team_id, String)),
+    else_=literal("u") + cast(USERS.c.id, String),
+)
+_PROJECT_OF = select(PROJECTS.c.id, PROJECTS.c.archived_at).where(
+    PROJECTS.c.scope == _SCOPE_SQL, PROJECTS.c.name == bindparam("project")
+)
+_PAYER_COLUMNS = [
+    USERS.c.id,
+    USERS.c.credits_reset_at.label("user_reset_at"),
+    MEMBERSHIPS.c.team_id,
+    TEAMS.c.name.label("team_name"),
+    TEAMS.c.credits_reset_at.label("team_reset_at"),
+    _PROJECT_OF.with_only_columns(PROJECTS.c.id).scalar_subquery().label("project_id"),
+    _PROJECT_OF.with_only_columns(PROJECTS.c.archived_at)
+    .scalar_subquery()
+    .label("project_archived_at"),
+]
+_PAYER_FROM = USERS.outerjoin(MEMBERSHIPS, MEMBERSHIPS.c.user_id == USERS.c.id).outerjoin(
+    TEAMS, TEAMS.c.id == MEMBERSHIPS.c.team_id
+)
+_PAYER = select(*_PAYER_COLUMNS).select_from(_PAYER_FROM).where(USERS.c.email == bindparam("email"))
+_PAYER_LOCKED = _PAYER.add_columns(
+    func.set_config("synchronous_commit", "off", true()).label("async_commit"),
+    func.pg_advisory_xact_lock(func.hashtextextended(literal("payer:") + _SCOPE_SQL, 0)).label(
+        "locked"
+    ),
+)
+
+
+def _held() -> Any:
+    # What an open reservation still holds: its estimate less what its stream has been charged.
+    return RESERVATIONS.c.estimate_nano - func.coalesce(STREAMS.c.neo_credits_nano, 0)
+
+
+def _open_holds_query(payer: Payer, now: datetime) -> Select[Any]:
+    """The open reservations that may count against this payer's caps or account, each with
+    what it still holds (a finished stream's real cost is in the spend: its hold is over)."""
+    matches = [RESERVATIONS.c.user_id == payer.user_id, RESERVATIONS.c.scope == payer.scope]
+    if payer.project_id is not None:
+        matches.append(RESERVATIONS.c.project_id == payer.project_id)
+    return (
+        select(
+            RESERVATIONS.c.user_id,
+            RESERVATIONS.c.team_id,
+            RESERVATIONS.c.project_id,
+            RESERVATIONS.c.scope,
+            RESERVATIONS.c.created_at,
+            _held().label("held"),
+        )
+        .outerjoin(STREAMS, STREAMS.c.stream_id == RESERVATIONS.c.stream_id)
+        .where(
+            RESERVATIONS.c.released_at.is_(None),
+            RESERVATIONS.c.expires_at > now,
+            or_(*matches),
+            STREAMS.c.status.is_(None),
+            _held() > 0,
+        )
+    )
+
+
+def open_holds(db: Session, payer: Payer, now: datetime) -> list[Hold]:
+    return [Hold(*row) for row in db.execute(_open_holds_query(payer, now)).all()]
+
+
+def held_against(cap: Any, holds: list[Hold], since: datetime) -> int:
+    def counts(h: Hold) -> bool:
+        if h.created_at < since:
+            return False
+        if cap.kind == "user":
+            return bool(h.user_id == cap.user_id)
+        if cap.kind == "team":
+            return bool(h.team_id == cap.team_id)
+        if cap.kind == "member":
+            return bool(h.team_id == cap.team_id and h.user_id == cap.user_id)
+        return bool(h.project_id == cap.project_id)
+
+    return sum(h.nano for h in holds if counts(h))
+
+
+@dataclass(frozen=True)
+class PayerState:
+    holds: list[Hold]
+    # The credit account in nano-credits (None when credit checks are off).
+    account: dict[str, int] | None
+    # The payer's caps, each with its latest started period's start and spend.
+    caps: list[Any]
+
+
+def payer_state(db: Session, payer: Payer, now: datetime, *, credits: bool) -> PayerState:
+    """Holds, credit account and caps in one statement (a round trip each was most of
+    authorize's time): the one-row part as scalar subqueries, the caps joined to it."""
+    postgresql = db.get_bind().dialect.name == "postgresql"
+    holds = _open_holds_query(payer, now).subquery("holds")
+    fields = (holds.c.user_id, holds.c.team_id, holds.c.project_id, holds.c.scope,
+              holds.c.created_at, holds.c.held)  # fmt: skip
+    aggregate = (
+        func.json_agg(func.json_build_array(*fields))
+        if postgresql
+        else func.json_group_array(func.json_array(*fields))
+    )
+    columns: list[Any] = [select(aggregate).select_from(holds).scalar_subquery().label("holds")]
+    if credits:
+        columns += _credit_columns(payer, now)
+    one = select(literal(1).label("one")).subquery("one")
+    subjects = CAPS.c.subject.in_(bindparam("subjects", expanding=True))
+    query = select(
+        *columns,
+        *CAPS.c,
+        _latest(CAP_SPEND.c.period_start).label("latest_start"),
+        _latest(CAP_SPEND.c.used_nano).label("latest_used"),
+    ).select_from(one.outerjoin(CAPS, subjects))
+    params = {
+        "subjects": list(stream_subjects(payer.user_id, payer.team_id, payer.project_id)),
+        "now": now,
+    }
+    rows = db.execute(query, params).all()
+    first = rows[0]
+    raw = first.holds
+    if isinstance(raw, str):  # SQLite answers JSON as text
+        raw = orjson.loads(raw)
+    found = [
+        Hold(user_id, team_id, project_id, scope, _parse_time(created_at), int(held))
+        for user_id, team_id, project_id, scope, created_at, held in raw or []
+    ]
+    account = None
+    if credits:
+        account = {
+            "live_grants": int(first.live_grants),
+            "issued": int(first.issued),
+            "used": int(first.used),
+            "held": sum(h.nano for h in found if h.scope == payer.scope),
+        }
+    return PayerState(found, account, [row for row in rows if row.id is not None])
+
+
+def _credit_columns(payer: Payer, now: datetime) -> list[Any]:
+    owner = (
+        CREDIT_GRANTS.c.team_id == payer.team_id
+        if payer.team_id is not None
+        else CREDIT_GRANTS.c.user_id == payer.user_id
+    )
+    live = (
+        select(CREDIT_GRANTS.c.amount_nano)
+        .where(owner, or_(CREDIT_GRANTS.c.expires_at.is_(None), CREDIT_GRANTS.c.expires_at > now))
+        .subquery()
+    )
+    return [
+        select(func.count()).select_from(live).scalar_subquery().label("live_grants"),
+        select(func.coalesce(func.sum(live.c.amount_nano), 0)).scalar_subquery().label("issued"),
+        charged_since_expr(payer.scope, payer.reset_at).label("used"),
+    ]
+
+
+def _latest(column: Any) -> Any:
+    return (
+        select(column)
+        .where(CAP_SPEND.c.cap_id == CAPS.c.id, CAP_SPEND.c.period_start <= bindparam("now"))
+        .order_by(CAP_SPEND.c.period_start.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _parse_time(value: str) -> datetime:
+    # PostgreSQL writes a timestamptz in the session's zone; SQLite keeps naive UTC text.
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
