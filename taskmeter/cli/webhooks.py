@@ -119,10 +119,10 @@ def webhooks_deliveries(
         return
     print_table(
         "Webhook deliveries",
-        ["id", "endpoint", "event", "webhook-id", "status", "attempts", "last", "next / done"],
+        ["id", "endpoint", "event", "status", "attempts", "last", "next / done"],
         [
             [
-                r["id"], r["endpoint_id"], r["event"], r["webhook_id"], r["status"],
+                r["id"], r["endpoint_id"], r["event"], r["status"],
                 r["attempts"], r["last_error"] or r["last_status"],
                 r["next_attempt_at"] or r["delivered_at"],
             ]
