@@ -40,6 +40,7 @@ from taskmeter.store import Store
 from taskmeter.usage.endpoints import COMPONENTS as USAGE_COMPONENTS
 from taskmeter.usage.endpoints import OPERATIONS as USAGE_OPERATIONS
 from taskmeter.usage.endpoints import router as usage_router
+from taskmeter.webhooks.worker import WebhookWorker
 
 __all__ = ["create_app"]
 
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                 run_sweeper(store, settings.stream_timeout_s, settings.sweep_interval_s)
             )
         ]
+        if settings.webhooks:
+            tasks.append(asyncio.create_task(WebhookWorker(store, settings).run()))
         projector = None
         if settings.ingest_log:
             # Imported here: nats is an optional extra (taskmeter[log]).
@@ -155,6 +158,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         PriceBook(settings.prices_file),
         credit_usd=settings.credit_usd,
         default_rate=settings.neo_cost_rate,
+        credits_low_percent=settings.credits_low_percent,
     )
     app.state.metrics = ProcessMetrics()
     install_error_handlers(app)

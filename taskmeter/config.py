@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     auth_cache_s: int = Field(default=300, ge=0)
     require_credits: bool = True
     reservation_ttl_s: int = Field(default=3600, gt=0, le=7 * 86400)
+    webhooks: bool = True
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_backoff_base_s: float = Field(default=10.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_poll_s: float = Field(default=1.0, gt=0, le=60)
+    credits_low_percent: int = Field(default=10, ge=0, le=99)
+    credits_expiring_days: int = Field(default=7, ge=0, le=365)
 
     @field_validator("jwt_secret")
     @classmethod

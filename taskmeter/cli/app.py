@@ -16,6 +16,7 @@ from taskmeter.cli.reprice import reprice
 from taskmeter.cli.server import db, projector, serve
 from taskmeter.cli.usage import demo, usage
 from taskmeter.cli.usage_ops import prices, sweep
+from taskmeter.cli.webhooks import webhooks
 
 
 def _show_usage_error(self: Any, file: Any = None) -> None:
@@ -59,6 +60,7 @@ app.add_typer(caps, name="caps")
 app.add_typer(db, name="db")
 app.add_typer(prices, name="prices")
 app.add_typer(reprice, name="reprice")
+app.add_typer(webhooks, name="webhooks")
 app.command("serve")(serve)
 app.command("projector")(projector)
 app.command("sweep")(sweep)

@@ -122,6 +122,7 @@ def projector(
             PriceBook(settings.prices_file),
             credit_usd=settings.credit_usd,
             default_rate=settings.neo_cost_rate,
+            credits_low_percent=settings.credits_low_percent,
         )
         worker = Projector(ingest_log, ingestor)
         loop = asyncio.get_running_loop()

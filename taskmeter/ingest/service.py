@@ -50,6 +50,7 @@ from taskmeter.store import Store
 from taskmeter.store.tables import StreamRow
 from taskmeter.timeutil import utc_now
 from taskmeter.usage.rollups import RollupDeltas, stream_contribution
+from taskmeter.webhooks.credits import emit_credits_low
 
 __all__ = ["IngestResult", "Ingestor", "parse_batch"]
 
@@ -60,12 +61,19 @@ class Ingestor:
     """Turns batches of events into stored, priced, projected usage."""
 
     def __init__(
-        self, store: Store, prices: PriceBook, *, credit_usd: Decimal, default_rate: Decimal
+        self,
+        store: Store,
+        prices: PriceBook,
+        *,
+        credit_usd: Decimal,
+        default_rate: Decimal,
+        credits_low_percent: int = 10,
     ) -> None:
         self.store = store
         self.prices = prices
         self.credit_usd = credit_usd
         self.default_rate = default_rate
+        self.credits_low_percent = credits_low_percent
 
     def cost_nano(self, event: LlmCall) -> tuple[int | None, int | None]:
         """The call's cost in nano-credits and its price source's id (None, None: unpriced)."""
@@ -215,15 +223,20 @@ class Ingestor:
         )
         rollups.write(db)
         # Last: the caps' spend rows stay locked from here to the commit, which is next.
+        spend_after = {sid: spend_of(streams[sid]) for sid in ids}
         over_limit, alerts = charge_caps(
-            db,
-            spend_before,
-            {sid: spend_of(streams[sid]) for sid in ids},
-            (sid for sid in ids if streams[sid].status is None),
+            db, spend_before, spend_after, (sid for sid in ids if streams[sid].status is None)
         )
         result.over_limit = [o.as_json() for o in over_limit]
         if alerts:
             emit_cap_alerts(db, alerts)
+        charged = {
+            streams[sid].scope
+            for sid, now_spent in spend_after.items()
+            if now_spent is not None and now_spent[2] > (spend_before[sid] or (0, 0, 0))[2]
+        }
+        if charged and self.credits_low_percent:
+            emit_credits_low(db, (s for s in charged if s), self.credits_low_percent)
 
     def _projects_named(
         self,
