@@ -121,7 +121,7 @@ def upgrade() -> None:
         sqlite_with_rowid=False,
     )
     # Primary keys carry the figures (index-only scans on PostgreSQL; WITHOUT ROWID tables
-    # clustered on the key on SQLite): see CLUSTERED in taskmeter/store/tables.py.
+    # clustered on the key on SQLite): see CLUSTERED in taskmeter/store/tables/base.py.
     # From the 15-minute rollups, which already equal a GROUP BY over the rows. The SQL is
     # built from this file's constants only, hence the S608 exemptions.
     month = _month_of_bucket()

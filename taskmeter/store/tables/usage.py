@@ -1,12 +1,5 @@
-"""The schema, one definition for SQLite and PostgreSQL.
-
-Identity: users, teams, memberships (a user in at most one team), api_keys, credit_grants.
-Usage: usage_events (raw, append-only, idempotent on (stream_id, event_id)), and the
-projections built from them as they land: streams (one row per stream) and tasks (one row per
-task and scope). A *scope* is the key a reader is entitled to, and the credit account that pays:
-``t<team id>`` for a stream stamped with a team, ``u<user id>`` for a solo user's stream. A
-stream gets its scope when it starts; readers see it once it has a status (finished).
-"""
+"""Usage: usage_events (raw, append-only, idempotent on (stream_id, event_id)) and the
+projections built from them as they land: streams, tasks and the rollup tiers."""
 
 from __future__ import annotations
 
@@ -22,7 +15,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -30,148 +22,10 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
+from taskmeter.store.tables.base import CLUSTERED, STREAM_FIGURES, Base
 from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
-
-__all__ = [
-    "API_KEYS",
-    "CAPS",
-    "CAP_SPEND",
-    "CREDIT_GRANTS",
-    "MEMBERSHIPS",
-    "PRICE_SOURCES",
-    "PROJECTS",
-    "REPRICE_RUNS",
-    "RESERVATIONS",
-    "STREAMS",
-    "STREAM_COLUMNS",
-    "STREAM_FIGURES",
-    "TASKS",
-    "TEAMS",
-    "USAGE_EVENTS",
-    "USERS",
-    "WEBHOOK_DELIVERIES",
-    "WEBHOOK_ENDPOINTS",
-    "WEBHOOK_EVENTS",
-    "AnyStream",
-    "ApiKey",
-    "Base",
-    "Cap",
-    "CapSpend",
-    "CreditGrant",
-    "Membership",
-    "OwnerMonth",
-    "PriceSourceRecord",
-    "Project",
-    "RepriceRun",
-    "Reservation",
-    "ScopeHour",
-    "ScopeTotal",
-    "Stream",
-    "StreamRollup",
-    "StreamRollupMonth",
-    "StreamRow",
-    "Task",
-    "TaskRollup",
-    "TaskRollupMonth",
-    "Team",
-    "UsageEvent",
-    "User",
-    "WebhookDelivery",
-    "WebhookEndpoint",
-    "WebhookEvent",
-]
-
-# The coarse rollup tiers are read as ranges of one scope's rows: their primary key carries
-# the figures (an index-only scan on PostgreSQL, a WITHOUT ROWID table clustered on the key on
-# SQLite), so a range reads a few consecutive pages instead of one heap page per row, scattered
-# by the order writers happened to insert them (EXPLAIN ANALYZE in bench/RESULTS.md).
-CLUSTERED = {"sqlite_with_rowid": False}
-
-# A stream rollup's additive figures, in the order the rollup code reads and writes them.
-STREAM_FIGURES = (
-    "streams",
-    "neo_credits_nano",
-    "base_nano",
-    "tool_calls",
-    "input_tokens",
-    "output_tokens",
-    "steps",
-    "agent_triggers",
-    "execution_ms",
-)
-
-# SQLite only aliases the rowid for a column declared exactly INTEGER PRIMARY KEY.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-NAMING = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # Stored lower-cased: emails are case-insensitive and unique.
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    role: Mapped[str] = mapped_column(String(16), default="user")
-    neo_cost_rate: Mapped[Decimal | None] = mapped_column(DecimalText())
-    credits_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class Team(Base):
-    __tablename__ = "teams"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    credits_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class Membership(Base):
-    __tablename__ = "memberships"
-
-    # The primary key on user_id is what makes "at most one team per user" a fact of the store.
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
-    role: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16))  # "user" | "service"
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
-    prefix: Mapped[str] = mapped_column(String(16))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-class CreditGrant(Base):
-    __tablename__ = "credit_grants"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
-    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), index=True)
-    amount_nano: Mapped[int] = mapped_column(BigInteger)
-    granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class UsageEvent(Base):
@@ -199,58 +53,6 @@ class UsageEvent(Base):
     # pricing/provenance.py); NULL for other events, unpriced calls and calls stored before
     # migration 0010. Last: rows are written positionally (ingest/rows.py).
     price_source_id: Mapped[int | None] = mapped_column(BigInteger)
-
-
-class PriceSourceRecord(Base):
-    """One price a call was charged at: a stated cost, a prices-file entry (`ref`: the file's
-    sha256) or a genai-prices entry (`ref`: its version), with the per-million rates."""
-
-    __tablename__ = "price_sources"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(16))  # "stated" | "file" | "genai-prices"
-    ref: Mapped[str | None] = mapped_column(String(80))
-    model: Mapped[str | None] = mapped_column(String(200))
-    provider: Mapped[str | None] = mapped_column(String(200))
-    rates: Mapped[dict[str, str] | None] = mapped_column(JSONDoc())
-    effective_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-class RepriceRun(Base):
-    """The re-pricing log: one row per `taskmeter reprice` run, its cursor committed with
-    every transaction of streams it re-priced (so an interrupted run resumes exactly)."""
-
-    __tablename__ = "reprice_runs"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # "running" | "done" | "failed"
-    state: Mapped[str] = mapped_column(String(16))
-    # The filters and price rules (prices file sha256, genai-prices version): a run resumes
-    # only under the same ones.
-    rule: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
-    rule_key: Mapped[str] = mapped_column(String(64), index=True)
-    # What the run set out to change, as planned before anything changed: the counts below
-    # and the credit differences by model, user and month.
-    plan: Mapped[dict[str, Any]] = mapped_column(JSONDoc())
-    # The last stream re-priced (hex id); progress, committed with each transaction.
-    cursor: Mapped[str | None] = mapped_column(String(32))
-    transactions: Mapped[int] = mapped_column(Integer, default=0)
-    streams_done: Mapped[int] = mapped_column(BigInteger, default=0)
-    calls_done: Mapped[int] = mapped_column(BigInteger, default=0)
-    calls_seen: Mapped[int] = mapped_column(BigInteger, default=0)
-    calls_changed: Mapped[int] = mapped_column(BigInteger, default=0)
-    streams_changed: Mapped[int] = mapped_column(BigInteger, default=0)
-    tasks_changed: Mapped[int] = mapped_column(BigInteger, default=0)
-    newly_priced: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Sums over the calls in range (cost_nano), and the changed streams' charged credits.
-    base_before_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    base_after_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    charged_before_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    charged_after_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Stream(Base):
@@ -547,157 +349,8 @@ class ScopeHour(Base):
     tasks: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class Project(Base):
-    """A project of a team (`scope` t<id>) or of a solo user (u<id>); streams name it."""
-
-    __tablename__ = "projects"
-    __table_args__ = (Index("uq_projects_scope_name", "scope", "name", unique=True),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope: Mapped[str] = mapped_column(String(24))
-    name: Mapped[str] = mapped_column(String(200))
-    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-class Cap(Base):
-    """A spending limit on a user, a team, a team member or a project, over a period.
-
-    `subject` is what the limit counts, the key ingestion matches streams by: ``u<user>``
-    (every stream the user owns), ``t<team>`` (every stream stamped with the team),
-    ``m<team>:<user>`` (the user's streams inside the team) or ``p<project>``.
-    """
-
-    __tablename__ = "caps"
-    __table_args__ = (Index("uq_caps_subject_period", "subject", "period", unique=True),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # user | team | member | project
-    subject: Mapped[str] = mapped_column(String(48))
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
-    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
-    period: Mapped[str] = mapped_column(String(8))  # day | week | month | total
-    tz: Mapped[str] = mapped_column(String(64))
-    limit_nano: Mapped[int] = mapped_column(BigInteger)
-    # Soft thresholds, whole percents of the limit, ascending.
-    thresholds: Mapped[list[int]] = mapped_column(JSONDoc())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class CapSpend(Base):
-    """Credits charged against a cap in one of its periods (`period_start`, UTC), kept as
-    deltas by ingestion like the rollups: authorize reads one row a cap."""
-
-    __tablename__ = "cap_spend"
-
-    cap_id: Mapped[int] = mapped_column(ForeignKey("caps.id", ondelete="CASCADE"), primary_key=True)
-    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
-    used_nano: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-class Reservation(Base):
-    """Credits held for a stream that has been authorized: until the stream finishes (its
-    real cost replaces the hold), the reservation is released, or it expires."""
-
-    __tablename__ = "reservations"
-    __table_args__ = (
-        Index("ix_reservations_user_open", "user_id", "expires_at"),
-        Index("ix_reservations_scope_open", "scope", "expires_at"),
-        Index("ix_reservations_stream", "stream_id"),
-    )
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
-    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"))
-    scope: Mapped[str] = mapped_column(String(24))
-    task_id: Mapped[str | None] = mapped_column(String(256))
-    stream_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    estimate_nano: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
 # The tables as Core `Table`s, for statements that skip the ORM (a mapped class's
 # `__table__` is typed as a plain FromClause).
-API_KEYS = cast(Table, ApiKey.__table__)
-MEMBERSHIPS = cast(Table, Membership.__table__)
-CREDIT_GRANTS = cast(Table, CreditGrant.__table__)
 STREAMS = cast(Table, Stream.__table__)
 TASKS = cast(Table, Task.__table__)
-TEAMS = cast(Table, Team.__table__)
-USERS = cast(Table, User.__table__)
 USAGE_EVENTS = cast(Table, UsageEvent.__table__)
-PROJECTS = cast(Table, Project.__table__)
-CAPS = cast(Table, Cap.__table__)
-CAP_SPEND = cast(Table, CapSpend.__table__)
-RESERVATIONS = cast(Table, Reservation.__table__)
-PRICE_SOURCES = cast(Table, PriceSourceRecord.__table__)
-REPRICE_RUNS = cast(Table, RepriceRun.__table__)
-
-
-class WebhookEndpoint(Base):
-    """A receiver the operator registered (`taskmeter webhooks add`): its URL, the event types
-    it is sent, and its signing secret (`whsec_…`, kept to sign; shown once, at `add`).
-    Removing one stamps `removed_at`: its delivery history stays."""
-
-    __tablename__ = "webhook_endpoints"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    url: Mapped[str] = mapped_column(String(2000))
-    description: Mapped[str | None] = mapped_column(String(200))
-    events: Mapped[list[str]] = mapped_column(JSONDoc())
-    secret: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-class WebhookEvent(Base):
-    """The outbox: one row per event, written in the transaction that caused it, at most once
-    per `dedupe_key`. `body` is serialized once, so every attempt sends (and signs) the same
-    bytes under the same `message_id` (the `webhook-id` header)."""
-
-    __tablename__ = "webhook_events"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    message_id: Mapped[str] = mapped_column(String(40), unique=True)
-    type: Mapped[str] = mapped_column(String(40))
-    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
-    body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class WebhookDelivery(Base):
-    """One event to one endpoint: `pending` (due at `next_attempt_at`, or leased by a worker
-    until `lease_until`), then `delivered` or `failed` after the last attempt."""
-
-    __tablename__ = "webhook_deliveries"
-    __table_args__ = (
-        Index("uq_webhook_deliveries_event_endpoint", "event_id", "endpoint_id", unique=True),
-        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id"))
-    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # A worker's claim: the row is its own until then (a worker killed mid-send loses it).
-    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    lease_token: Mapped[str | None] = mapped_column(String(32))
-    last_status: Mapped[int | None] = mapped_column(Integer)  # the last answer's HTTP status
-    last_error: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-WEBHOOK_ENDPOINTS = cast(Table, WebhookEndpoint.__table__)
-WEBHOOK_EVENTS = cast(Table, WebhookEvent.__table__)
-WEBHOOK_DELIVERIES = cast(Table, WebhookDelivery.__table__)
