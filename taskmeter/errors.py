@@ -60,6 +60,7 @@ STATUS_SHAPES: dict[int, tuple[str, str, str]] = {
     429: ("Too many requests", "rate_limited", "rate limited"),
     431: ("Request header fields too large", "invalid_request", "invalid request"),
     500: ("Internal server error", "internal", "internal error"),
+    501: ("Not implemented", "not_implemented", "not implemented"),
     503: ("Service unavailable", "unavailable", "service unavailable"),
 }
 
