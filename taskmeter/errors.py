@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 __all__ = [
     "ERROR_RESPONSE_SCHEMA",
@@ -212,6 +213,20 @@ def store_fault(exc: BaseException) -> str | None:
     return UNAVAILABLE  # psycopg raises OperationalError for connection-level failures only
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path. Starlette's 405 names only the
+    first route whose path matched (GET /api/v1/usage/caps, not PUT beside it)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -237,6 +252,8 @@ def install_error_handlers(app: FastAPI) -> None:
         response = _response(exc.status_code, detail)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value  # e.g. Allow on a 405
+        if exc.status_code == 405:
+            response.headers["Allow"] = _allowed_methods(request)
         return response
 
     # Registered for OperationalError as well as Exception: Starlette re-raises whatever reaches
