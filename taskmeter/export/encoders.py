@@ -94,8 +94,23 @@ class Encoder(Protocol):
 
 def _converters(
     columns: Sequence[Column], table: dict[Kind, Callable[[Any], Any]]
-) -> list[Callable[[Any], Any]]:
-    return [table[c.kind] for c in columns]
+) -> list[tuple[int, Callable[[Any], Any]]]:
+    """(position, conversion) of the columns whose values need one (not None)."""
+    return [(i, table[c.kind]) for i, c in enumerate(columns) if table[c.kind] is not _same]
+
+
+def _converted(
+    records: Sequence[Record], conversions: list[tuple[int, Callable[[Any], Any]]]
+) -> list[list[Any]]:
+    out = []
+    for record in records:
+        row = list(record)
+        for i, convert in conversions:
+            value = row[i]
+            if value is not None:
+                row[i] = convert(value)
+        out.append(row)
+    return out
 
 
 class CsvEncoder:
@@ -121,10 +136,8 @@ class CsvEncoder:
         return self._take()
 
     def encode(self, records: Sequence[Record]) -> bytes:
-        convert = self.convert
-        self.writer.writerows(
-            [None if v is None else f(v) for f, v in zip(convert, r, strict=True)] for r in records
-        )
+        # csv writes None as an empty field and an int as its digits.
+        self.writer.writerows(_converted(records, self.convert))
         return self._take()
 
     def finish(self) -> bytes:
@@ -145,13 +158,10 @@ class JsonlEncoder:
         return b""
 
     def encode(self, records: Sequence[Record]) -> bytes:
-        names, convert = self.names, self.convert
+        names = self.names
         return b"".join(
-            orjson.dumps(
-                {n: None if v is None else f(v) for n, f, v in zip(names, convert, r, strict=True)}
-            )
-            + b"\n"
-            for r in records
+            orjson.dumps(dict(zip(names, row, strict=True))) + b"\n"
+            for row in _converted(records, self.convert)
         )
 
     def finish(self) -> bytes:

@@ -15,7 +15,7 @@ or skipped (docs/decisions.md "Exports").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, Select, case, func, literal, select, tuple_
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from taskmeter.identity.principal import Scope
 from taskmeter.store import Store
 from taskmeter.store.tables import PROJECTS, STREAMS, TASKS, USAGE_EVENTS, USERS
-from taskmeter.usage.figures import rounded_mean, stream_execution_ms
+from taskmeter.usage.figures import execution_ms, rounded_mean
 from taskmeter.usage.params import UsageFilters
 from taskmeter.usage.repository import stream_conditions, task_conditions
 
@@ -96,16 +96,17 @@ def stream_chunks(
     return _keyset(store, scope, f, stream_conditions, query, keys, chunk)
 
 
-def _stream_record(s: Any, email: str | None) -> Record:
+def _stream_record(row: Any, admin: bool) -> Record:
+    # Unpacked by position: a Row's attribute access had been a third of an export's time.
+    (stream_id, task_id, title, model, status, error, byok, created, finished, stated, steps,
+     latency, tools, tool_ms, agents, llm_calls, llm_ms, tokens_in, tokens_out, cache_read,
+     cache_write, base, neo, _owner, email, project) = row  # fmt: skip
     return (
-        str(s.stream_id), s.task_id, s.task_title, email, s.project, s.model, s.status,
-        s.error_message, s.is_byok, s.created_at, s.finished_at,
-        stream_execution_ms(cast(Any, s)), s.step_count,
-        rounded_mean(s.step_latency_ms, s.step_count), s.tool_calls, s.tool_time_ms,
-        s.agent_triggers, s.llm_calls, s.llm_time_ms, s.input_tokens, s.output_tokens,
-        s.cache_read_tokens, s.cache_write_tokens, s.input_tokens + s.output_tokens,
-        s.neo_credits_nano, s.base_nano if s.is_byok else None,
-        s.neo_credits_nano if s.is_byok else None,
+        str(stream_id), task_id, title, email if admin else None, project, model, status, error,
+        byok, created, finished, execution_ms(stated, created, finished), steps,
+        rounded_mean(latency, steps), tools, tool_ms, agents, llm_calls, llm_ms, tokens_in,
+        tokens_out, cache_read, cache_write, tokens_in + tokens_out, neo,
+        base if byok else None, neo if byok else None,
     )  # fmt: skip
 
 
@@ -114,7 +115,7 @@ def stream_records(
 ) -> Iterator[list[Record]]:
     admin = scope.is_team_admin
     for rows in stream_chunks(store, scope, f, chunk=chunk):
-        yield [_stream_record(s, s.email if admin else None) for s in rows]
+        yield [_stream_record(s, admin) for s in rows]
 
 
 def _task_money(store: Store, scope: Scope, task_ids: list[str]) -> dict[str, tuple[Any, ...]]:

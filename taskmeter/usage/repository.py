@@ -44,6 +44,8 @@ def owner_id_for_email(db: Session, email: str) -> int | None:
 
 
 def project_id_in_scope(db: Session, scope: Scope, name: str) -> int | None:
+    if "\x00" in name:  # no stored name has one, and PostgreSQL refuses to compare with it
+        return None
     return db.scalar(
         select(Project.id).where(Project.scope == scope.key, Project.name == name.strip())
     )
