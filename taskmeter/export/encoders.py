@@ -39,7 +39,7 @@ MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
     "parquet": "application/vnd.apache.parquet",
 }
-ROW_GROUP = 16_384
+ROW_GROUP = 8192
 
 
 class ParquetUnavailable(ApiError):
