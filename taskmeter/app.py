@@ -24,6 +24,8 @@ from taskmeter.errors import (
     error_body,
     install_error_handlers,
 )
+from taskmeter.export import OPERATIONS as EXPORT_OPERATIONS
+from taskmeter.export import router as export_router
 from taskmeter.governance.endpoints import router as governance_router
 from taskmeter.guards import HeaderSizeLimit
 from taskmeter.heap import settle_heap
@@ -71,7 +73,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                         "content": {"application/json": {"schema": ERROR_SCHEMA_REF}},
                     },
                 )
-    for (path, method), documented in USAGE_OPERATIONS.items():
+    for (path, method), documented in {**USAGE_OPERATIONS, **EXPORT_OPERATIONS}.items():
         schema["paths"][path][method].update(documented)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(USAGE_COMPONENTS)
@@ -269,6 +271,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.include_router(identity_router)
     app.include_router(ingest_router)
     app.include_router(usage_router)
+    app.include_router(export_router)
     app.include_router(governance_router)
     install_dashboard(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

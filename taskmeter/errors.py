@@ -18,7 +18,6 @@ stack trace, and its body never carries either.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from typing import Any
 
@@ -28,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 __all__ = [
     "ERROR_RESPONSE_SCHEMA",
@@ -61,6 +61,7 @@ STATUS_SHAPES: dict[int, tuple[str, str, str]] = {
     429: ("Too many requests", "rate_limited", "rate limited"),
     431: ("Request header fields too large", "invalid_request", "invalid request"),
     500: ("Internal server error", "internal", "internal error"),
+    501: ("Not implemented", "not_implemented", "not implemented"),
     503: ("Service unavailable", "unavailable", "service unavailable"),
 }
 
@@ -212,28 +213,18 @@ def store_fault(exc: BaseException) -> str | None:
     return UNAVAILABLE  # psycopg raises OperationalError for connection-level failures only
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every documented method of this path: Starlette's own Allow names only the first route
-    that matched, and GET and PUT of one resource are two routes here."""
-    app = request.app
-    table = getattr(app.state, "allowed_methods", None)
-    if table is None:
-        table = [
-            (re.compile("^" + re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(path)) + "$"), ops)
-            for path, ops in app.openapi().get("paths", {}).items()
-        ]
-        app.state.allowed_methods = table
-    methods = {
-        method.upper()
-        for pattern, ops in table
-        if pattern.match(request.url.path)
-        for method in ops
-        if method in _HTTP_METHODS
-    }
-    return ", ".join(sorted(methods))
-
-
-_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
+    """Every method some route serves at the request's path. Starlette's 405 names only the
+    first route whose path matched (GET /api/v1/usage/caps, not PUT beside it)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -260,9 +251,9 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = str(exc.detail)
         response = _response(exc.status_code, detail)
         for name, value in (exc.headers or {}).items():
-            response.headers[name] = value
-        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
-            response.headers["Allow"] = allowed
+            response.headers[name] = value  # e.g. Allow on a 405
+        if exc.status_code == 405:
+            response.headers["Allow"] = _allowed_methods(request)
         return response
 
     # Registered for OperationalError as well as Exception: Starlette re-raises whatever reaches

@@ -62,6 +62,10 @@ def test_every_error_status_has_the_error_response_shape(
         answer = client.post("/api/v1/user", headers=member.headers)
         assert answer.status_code == 405
         assert_error_response(answer.json())
+        # Allow names every route at the path, not only the first that matched it
+        answer = client.options("/api/v1/usage/caps", headers=member.headers)
+        assert answer.status_code == 405
+        assert {"GET", "PUT"} <= set(answer.headers["allow"].split(", "))
         answer = client.get("/api/v1/user", headers={"X-Api-Key": factory.service_key()})
         assert answer.status_code == 403
         assert_error_response(answer.json(), code="forbidden")

@@ -9,6 +9,7 @@ import typer
 import typer.core
 
 from taskmeter.cli.credits import credits
+from taskmeter.cli.export import export
 from taskmeter.cli.finance import reconcile_command
 from taskmeter.cli.governance import caps, projects
 from taskmeter.cli.identity import keys, teams, users
@@ -66,4 +67,5 @@ app.command("projector")(projector)
 app.command("sweep")(sweep)
 app.command("demo")(demo)
 app.command("reconcile")(reconcile_command)
+usage.command("export")(export)
 app.add_typer(usage, name="usage")

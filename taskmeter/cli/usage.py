@@ -1,4 +1,5 @@
-"""`taskmeter usage tasks|streams|task|summary` and `taskmeter demo`: usage from the terminal.
+"""`taskmeter usage tasks|streams|task|summary` and `taskmeter demo`: usage from the terminal
+(`taskmeter usage export` is in cli/export.py).
 
 The usage commands are clients of a running server, built on `taskmeter.client`; they read
 the server and key from --url/--key or TASKMETER_URL/TASKMETER_API_KEY.
@@ -27,11 +28,17 @@ UrlOption = typer.Option("--url", help="Server URL (else TASKMETER_URL, else 127
 KeyOption = typer.Option("--key", help="API key (else TASKMETER_API_KEY).")
 
 
-def _client(url: str | None, key: str | None) -> UsageClient:
+def server_and_key(url: str | None, key: str | None) -> tuple[str, str]:
+    """The server URL and API key from the options, else the environment."""
     key = key or os.environ.get("TASKMETER_API_KEY")
     if not key:
         fail("give an API key with --key or TASKMETER_API_KEY")
-    return UsageClient(url or os.environ.get("TASKMETER_URL", "http://127.0.0.1:8080"), api_key=key)
+    return url or os.environ.get("TASKMETER_URL", "http://127.0.0.1:8080"), key
+
+
+def _client(url: str | None, key: str | None) -> UsageClient:
+    base, api_key = server_and_key(url, key)
+    return UsageClient(base, api_key=api_key)
 
 
 def _rows(rows: list[TaskUsage], with_stream: bool) -> list[list[Any]]:

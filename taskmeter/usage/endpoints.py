@@ -24,7 +24,7 @@ from taskmeter.usage.openapi import PARAMETERS, SUMMARY_SCHEMA, error_responses,
 from taskmeter.usage.params import UsageFilters, parse_filters, parse_page, parse_summary
 from taskmeter.usage.summary import MAX_PERIODS, summarise
 
-__all__ = ["COMPONENTS", "OPERATIONS", "router"]
+__all__ = ["COMPONENTS", "OPERATIONS", "admin_only_email", "router"]
 
 router = APIRouter(tags=["Usage"])
 MAX_TASK_ID = 256
@@ -42,7 +42,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _admin_only_email(scope: Scope, filters: UsageFilters) -> None:
+def admin_only_email(scope: Scope, filters: UsageFilters) -> None:
+    """403 for an `email` filter from anyone but a team admin."""
     if filters.email is not None and not scope.is_team_admin:
         raise Forbidden("the email filter is for team admins")
 
@@ -62,7 +63,7 @@ def _list_page(rows: Sequence[Any], total: int, offset: int) -> JSONBody:
 def list_streams(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     filters = parse_filters(request.query_params, allow_search=False, allow_stream=True)
     page = parse_page(request.query_params)
-    _admin_only_email(scope, filters)
+    admin_only_email(scope, filters)
     with store.read(replica=True) as db:
         rows, total = repository.list_streams(db, scope, filters, page)
     return _list_page(rows, total, page.offset)
@@ -77,7 +78,7 @@ def list_streams(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody
 def list_tasks(request: Request, scope: ScopeDep, store: StoreDep) -> JSONBody:
     filters = parse_filters(request.query_params, allow_search=True, allow_stream=False)
     page = parse_page(request.query_params)
-    _admin_only_email(scope, filters)
+    admin_only_email(scope, filters)
     with store.read(replica=True) as db:
         rows, total = repository.list_tasks(db, scope, filters, page)
     return _list_page(rows, total, page.offset)

@@ -19,6 +19,7 @@ from taskmeter.store.tables import AnyStream
 __all__ = [
     "SUMMED",
     "byok_charge_nano",
+    "execution_ms",
     "render_task_usage",
     "rounded_mean",
     "stream_execution_ms",
@@ -75,12 +76,15 @@ def _ms_between(start: datetime, end: datetime) -> int:
     return max(0, round((end - start).total_seconds() * 1000))
 
 
-def stream_execution_ms(stream: AnyStream) -> int:
+def execution_ms(stated: int | None, created_at: datetime, finished_at: datetime) -> int:
     """The stated execution time, else finish − start (for a swept stream, its last event)."""
-    if stream.stated_execution_ms is not None:
-        return stream.stated_execution_ms
+    return stated if stated is not None else _ms_between(created_at, finished_at)
+
+
+def stream_execution_ms(stream: AnyStream) -> int:
+    """`execution_ms` of a visible (started, finished) stream."""
     assert stream.created_at is not None and stream.finished_at is not None
-    return _ms_between(stream.created_at, stream.finished_at)
+    return execution_ms(stream.stated_execution_ms, stream.created_at, stream.finished_at)
 
 
 def stream_figures(stream: AnyStream) -> dict[str, Any]:

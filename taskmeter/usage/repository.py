@@ -28,7 +28,15 @@ from taskmeter.store.tables import (
 from taskmeter.usage.figures import stream_figures, to_task_usage, with_email
 from taskmeter.usage.params import Page, UsageFilters
 
-__all__ = ["get_task", "list_streams", "list_tasks", "owner_id_for_email", "project_id_in_scope"]
+__all__ = [
+    "get_task",
+    "list_streams",
+    "list_tasks",
+    "owner_id_for_email",
+    "project_id_in_scope",
+    "stream_conditions",
+    "task_conditions",
+]
 
 
 def owner_id_for_email(db: Session, email: str) -> int | None:
@@ -80,9 +88,11 @@ def _shared_conditions(
     return conditions
 
 
-def _stream_conditions(
+def stream_conditions(
     db: Session, scope: Scope, f: UsageFilters
 ) -> list[ColumnElement[bool]] | None:
+    """The scope's finished streams that match `f` (the list endpoint's and the export's), or
+    None if none can."""
     conditions = _shared_conditions(db, Stream, scope, f)
     if conditions is None:
         return None
@@ -123,7 +133,7 @@ def _page(query: Any, page: Page) -> Any:
 def list_streams(
     db: Session, scope: Scope, f: UsageFilters, page: Page
 ) -> tuple[list[dict[str, Any]], int]:
-    conditions = None if f.matches_nothing else _stream_conditions(db, scope, f)
+    conditions = None if f.matches_nothing else stream_conditions(db, scope, f)
     if conditions is None:
         return [], 0
     total = _total(db, Stream, conditions, scope, f, ScopeTotal.finished_streams)
@@ -153,9 +163,8 @@ def list_streams(
     return rows, total
 
 
-def _task_conditions(
-    db: Session, scope: Scope, f: UsageFilters
-) -> list[ColumnElement[bool]] | None:
+def task_conditions(db: Session, scope: Scope, f: UsageFilters) -> list[ColumnElement[bool]] | None:
+    """The scope's tasks that match `f` (the list endpoint's and the export's), or None."""
     conditions = _shared_conditions(db, Task, scope, f)
     if conditions is None:
         return None
@@ -175,7 +184,7 @@ def list_tasks(
     db: Session, scope: Scope, f: UsageFilters, page: Page
 ) -> tuple[list[orjson.Fragment], int]:
     """A page of `TaskUsage` rows, already JSON (each task's stored rendering)."""
-    conditions = None if f.matches_nothing else _task_conditions(db, scope, f)
+    conditions = None if f.matches_nothing else task_conditions(db, scope, f)
     if conditions is None:
         return [], 0
     total = _total(db, Task, conditions, scope, f, ScopeTotal.tasks)
