@@ -2,12 +2,12 @@
 
 A team (admin, members, a viewer) and a solo user; a few hundred security-agent tasks of one
 to three streams, on several real models, calling security tools, with BYOK streams, errors
-and aborts; a team project with two in five of the team's tasks, and monthly spending caps on
-the team and the project. A stream's calls lie on its timeline (taskmeter/timeline.py): steps
-one after another, now and then a parallel burst of tool calls; a task's streams follow one
-another. Events go through the same `Ingestor` as `POST /api/v1/usage/events` (validation,
-pricing, projections); their ids are derived from the seed, so running the demo twice records
-nothing twice.
+and aborts; a team project with two in five of the team's tasks; spending caps on the team
+(a month) and on the project (in all). A stream's calls lie on its timeline
+(taskmeter/timeline.py): steps one after another, now and then a parallel burst of tool
+calls; a task's streams follow one another. Events go through the same `Ingestor` as
+`POST /api/v1/usage/events` (validation, pricing, projections); their ids are derived from
+the seed, so running the demo twice records nothing twice.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ __all__ = ["DemoResult", "run_demo"]
 
 TEAM = "Acme Security"
 PROJECT = "External pentest"  # the team's project: two in five of its tasks, and a cap
-TEAM_CAP, PROJECT_CAP = 6, 2  # monthly spending caps in credits (the team spends ~4 a month)
+# Spending caps in credits: the team's a month (it spends about 4), the project's in all
+# (a budget for the engagement; its 90 days spent about 5).
+TEAM_CAP, PROJECT_CAP = 6, 8
+PER = {"month": "a month", "total": "in total"}
 PEOPLE = [  # email, team role (None: solo), BYOK platform rate
     ("admin@acme.example", "admin", None),
     ("maria@acme.example", "member", None),
@@ -231,7 +234,7 @@ def run_demo(store: Store, settings: Settings, *, tasks: int = 300, seed: int = 
             events += made
             streams += 1
             # A retry or follow-up starts once the stream before it has finished.
-            start = finished + timedelta(seconds=rng.randint(30, 3_600))
+            start = finished + timedelta(seconds=rng.randint(10, 600))
     for i in range(0, len(events), 1000):
         ingestor.ingest(principal, events[i : i + 1000])
     with store.write() as db:
@@ -240,16 +243,16 @@ def run_demo(store: Store, settings: Settings, *, tasks: int = 300, seed: int = 
 
 
 def _set_caps(db: Session) -> list[str]:
-    """The team's monthly cap and the project's: set (again) after the usage, so their spend
-    is counted from the stored streams; what the dashboard's caps panel shows."""
+    """The team's monthly cap and the project's budget: set (again) after the usage, so their
+    spend is counted from the stored streams; what the dashboard's caps panel shows."""
     scope, team_id, _ = owner_scope(db, team_name=TEAM, user_email=None)
     project = find_project(db, scope, PROJECT)
     assert project is not None
     made = []
-    for name, target, limit in (
-        (TEAM, CapTarget("team", team_id=team_id), TEAM_CAP),
-        (PROJECT, CapTarget("project", project_id=project.id), PROJECT_CAP),
+    for name, target, period, limit in (
+        (TEAM, CapTarget("team", team_id=team_id), "month", TEAM_CAP),
+        (PROJECT, CapTarget("project", project_id=project.id), "total", PROJECT_CAP),
     ):
-        set_cap(db, target, period="month", limit_nano=limit * NANO)
-        made.append(f"{target.kind} {name}: {limit} credits a month")
+        set_cap(db, target, period=period, limit_nano=limit * NANO)
+        made.append(f"{target.kind} {name}: {limit} credits {PER[period]}")
     return made

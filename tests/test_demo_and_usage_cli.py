@@ -39,7 +39,7 @@ def test_demo_builds_an_org_and_reruns_add_nothing(cli: CliRunner, store: Store)
     assert byok and byok > 0
     assert made["caps"] == [
         "team Acme Security: 6 credits a month",
-        "project External pentest: 2 credits a month",
+        "project External pentest: 8 credits in total",
     ]
     again = cli.invoke(app, ["demo", "--tasks", "40", "--json"])
     assert again.exit_code == 0, again.stderr
