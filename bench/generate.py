@@ -7,7 +7,9 @@ Teams of 1-50 users (one large team of 50 whose admin the query benchmark reads 
 which carries a tenth of the load) and solo users; tasks of 1-5 streams; 5-200 tool calls a
 stream over 22 tools; 1-20 model calls over 5 models, priced by the service's own PriceBook;
 10 % BYOK; errors, failures, aborts and blocks; start times spread over the 12 months before
---until.
+--until. Calls lie on their stream's timeline (taskmeter/timeline.py: steps back to back, now
+and then a parallel burst of tool calls), so a stream lasts as long as its calls take, and a
+task's streams run one after another.
 
 The bulk path: rows are built with the service's own projection code (the same figures,
 task aggregation and rollup contributions the ingestion path computes), then inserted in
@@ -54,6 +56,7 @@ from taskmeter.store.tables import (
     Team,
     User,
 )
+from taskmeter.timeline import lay_out
 from taskmeter.usage.figures import stream_figures, task_figures, task_row_values
 from taskmeter.usage.rollups import (
     RollupDeltas,
@@ -139,16 +142,21 @@ def make_stream(
 ) -> StreamRow:
     user_id, team_id, scope = owner
     rnd = rng.random  # random() and int() are several times faster than randint()
-    duration_ms = 10_000 + int(rnd() * 2 * 3600 * 1000)
-    finished = created + timedelta(milliseconds=duration_ms)
     status = rng.choices(*STATUSES)[0]
     start_ms = int(created.timestamp() * 1000)
     # Column by column: a stream's hundred-odd calls are most of the generator's own time.
     count = 5 + int(rnd() * 196)
+    calls = 1 + int(rnd() * 20)
     names = [TOOLS[int(rnd() * len(TOOLS))] for _ in range(count)]
     took = [20 + int(rnd() * 60_000) for _ in range(count)]
-    at = [start_ms + int(rnd() * duration_ms) for _ in range(count)]
-    history = sorted(map(list, zip(at, EVENT_IDS[:count], names, took, strict=True)))
+    thinking = [200 + int(rnd() * 19_800) for _ in range(calls)]
+    # The calls on the stream's timeline (a step a model call): the stream lasts as long as
+    # they take, and its tool starts come out in history order (no sort).
+    per = -(-count // calls)  # tool calls a step, the last steps fewer
+    steps = [(think, took[i * per : (i + 1) * per]) for i, think in enumerate(thinking)]
+    layout = lay_out(rnd, start_ms, steps)
+    finished = created + timedelta(milliseconds=layout.end_ms - start_ms)
+    history = list(map(list, zip(layout.tool_at, EVENT_IDS[:count], names, took, strict=True)))
     breakdown: dict[str, dict[str, int]] = {}
     for name, duration in zip(names, took, strict=True):
         entry = breakdown.get(name)
@@ -162,9 +170,8 @@ def make_stream(
     for _ in range(rng.randint(0, 5)):
         name = rng.choice(AGENTS)
         agents[name] = agents.get(name, 0) + 1
-    calls = 1 + int(rnd() * 20)
     tokens = [0, 0, 0, 0]
-    base_nano = llm_time = 0
+    base_nano = 0
     for _ in range(calls):
         inp = 500 + int(rnd() * 59_500)
         call = CallTokens(
@@ -178,8 +185,7 @@ def make_stream(
         tokens[0] += call.input_tokens
         tokens[1] += call.output_tokens
         tokens[2] += call.cache_read_tokens
-        llm_time += 200 + int(rnd() * 19_800)
-    steps = rng.randint(1, 40)
+    step_latency = sum(layout.step_end) - sum(layout.model_at)
     values = dict(
         stream_id=uuid.UUID(int=rng.getrandbits(128), version=4),
         task_id=task_id,
@@ -199,8 +205,8 @@ def make_stream(
         task_title=f"Scan {task_id}",
         is_byok=byok,
         neo_cost_rate=None,
-        step_count=steps,
-        step_latency_ms=steps * rng.randint(100, 20_000),
+        step_count=calls,
+        step_latency_ms=step_latency,
         tool_calls=len(history),
         tool_time_ms=tool_time,
         tool_breakdown=dict(sorted(breakdown.items())),
@@ -208,7 +214,7 @@ def make_stream(
         agent_triggers=sum(agents.values()),
         agent_breakdown=dict(sorted(agents.items())),
         llm_calls=calls,
-        llm_time_ms=llm_time,
+        llm_time_ms=sum(thinking),
         input_tokens=tokens[0],
         output_tokens=tokens[1],
         cache_read_tokens=tokens[2],
@@ -280,13 +286,10 @@ def build_chunk(spec: tuple[int, int, int, datetime, Organisation, str]) -> Chun
         model = rng.choice(MODELS)
         byok = rng.random() < 0.1
         count = min(size - made, rng.choices([1, 2, 3, 4, 5], [60, 20, 10, 6, 4])[0])
-        members = [
-            make_stream(
-                rng, prices, owner, task_id, start + timedelta(seconds=i * rng.randint(1, 900)),
-                model, byok,
-            )
-            for i in range(count)
-        ]  # fmt: skip
+        members: list[StreamRow] = []
+        for _ in range(count):  # retries and follow-ups: each after the one before finished
+            members.append(make_stream(rng, prices, owner, task_id, start, model, byok))
+            start = members[-1].finished_at + timedelta(seconds=rng.randint(1, 900))
         made += count
         for stream in members:
             streams.append({c: getattr(stream, c) for c in STREAM_COLUMNS})

@@ -2,7 +2,8 @@
 executable path), against a live server seeded with tests/usage_org.py, on both stores.
 
 Screenshots of every page go to artifacts/dashboard/ (overview, tasks, task, member message,
-each at 1280 px and 390 px wide).
+each at 1280 px and 390 px wide; demo-*: the same pages on `taskmeter demo`'s data at 1280×800
+and 390×844, where the tables must fit, the caps panel show and no focus ring frame the page).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from taskmeter.config import Settings
+from taskmeter.demo import run_demo
 from taskmeter.store import Store
 from tests.factories import Factory
+from tests.timeline_checks import overlapping
 from tests.usage_org import Org, build_org
 
 CHROMIUM = os.environ.get("TASKMETER_CHROMIUM", "/usr/bin/chromium")
@@ -55,9 +59,9 @@ def org(live_server: str, factory: Factory) -> Org:
         return build_org(client, factory)  # type: ignore[arg-type]
 
 
-def open_page(browser: object, width: int = 1280) -> object:
+def open_page(browser: object, width: int = 1280, height: int = 900) -> object:
     context = browser.new_context(  # type: ignore[attr-defined]
-        viewport={"width": width, "height": 900}, timezone_id="Europe/Berlin"
+        viewport={"width": width, "height": height}, timezone_id="Europe/Berlin"
     )
     return context.new_page()
 
@@ -71,6 +75,39 @@ def sign_in(page: object, base: str, key: str) -> None:
 def shot(page: object, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def assert_no_page_outline(page: object) -> None:
+    """Focus sits on <main> after a navigation (for screen readers), drawn as no outline."""
+    main = page.locator("main")  # type: ignore[attr-defined]
+    focused, style, width = main.evaluate(
+        "m => [document.activeElement === m, getComputedStyle(m).outlineStyle,"
+        " getComputedStyle(m).outlineWidth]"
+    )
+    assert focused, "focus did not move to the content"
+    assert style == "none" or width == "0px", f"main is outlined: {style} {width}"
+
+
+def assert_table_fits(page: object, table: str) -> None:
+    """No horizontal scrolling (the table's container, the page) and the credits column in
+    view: its header on a wide screen, the first card's credits line on a narrow one."""
+    wrap = page.locator(f".table-wrap:has({table})")  # type: ignore[attr-defined]
+    scroll, client = wrap.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert scroll <= client, f"{table} scrolls sideways: {scroll} > {client}"
+    scroll, client = page.locator("html").evaluate(  # type: ignore[attr-defined]
+        "e => [e.scrollWidth, e.clientWidth]"
+    )
+    assert scroll <= client, f"the page scrolls sideways: {scroll} > {client}"
+    viewport = page.viewport_size  # type: ignore[attr-defined]
+    header = page.locator(f"{table} thead th", has_text="Credits")  # type: ignore[attr-defined]
+    cell = page.locator(f"{table} tbody tr").first.locator("td[data-label=Credits]")  # type: ignore[attr-defined]
+    shown = header if viewport["width"] > 720 else cell
+    playwright_api.expect(shown).to_be_visible()
+    box = shown.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+    shown.scroll_into_view_if_needed()  # down the page is fine; sideways is not
+    box = shown.bounding_box()
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
 
 
 def test_overview_shows_the_seeded_totals(
@@ -89,6 +126,7 @@ def test_overview_shows_the_seeded_totals(
         assert "eve@acme.io" in text("#by-member")
         assert "completed" in text("#by-status") and "error" in text("#by-status")
         assert "Europe/Berlin" in text("main")
+        assert page.locator("#caps").count() == 0  # type: ignore[attr-defined]  # no caps, no panel
         shot(page, f"overview-{width}")
         # week and month switches redraw from the same API
         page.select_option("select[name=group_by]", "week")  # type: ignore[attr-defined]
@@ -127,6 +165,67 @@ def test_tasks_filter_sort_and_the_task_page(browser: object, live_server: str, 
     assert page.locator(":focus").text_content() == "← All tasks"  # type: ignore[attr-defined]
     page.keyboard.press("Enter")  # type: ignore[attr-defined]
     page.wait_for_url(lambda url: url.endswith("#/tasks"))  # type: ignore[attr-defined]
+    page.wait_for_selector("#tasks-table")  # type: ignore[attr-defined]
+    playwright_api.expect(page.locator("main")).to_be_focused()  # type: ignore[attr-defined]
+    assert_no_page_outline(page)  # a keyboard navigation: where the ring had shown
+    page.context.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (390, 844)], ids=["1280", "390"])
+def test_demo_pages_fit_and_show_the_caps(
+    browser: object, live_server: str, store: Store, settings: Settings, size: tuple[int, int]
+) -> None:
+    """On the demo's data: the caps panel, the tables with their credits column in view and
+    nothing scrolling sideways, long titles cut with the whole title on hover, and the task
+    page's timeline with a parallel burst."""
+    demo = run_demo(store, settings, tasks=40)
+    width = size[0]
+    admin = demo.keys["admin@acme.example"]
+    page = open_page(browser, *size)
+    sign_in(page, live_server, admin)
+    caps = page.locator("#caps li")  # type: ignore[attr-defined]
+    playwright_api.expect(caps).to_have_count(2)
+    assert "Team Acme Security" in caps.nth(0).text_content()
+    assert "/ 6.0000 credits" in caps.nth(0).text_content()
+    assert "Project External pentest" in caps.nth(1).text_content()
+    assert "/ 8.0000 credits" in caps.nth(1).text_content()
+    assert "resets" in caps.nth(0).text_content()  # a month's cap
+    assert "never resets" in caps.nth(1).text_content()  # a budget in all
+    assert_no_page_outline(page)
+    shot(page, f"demo-overview-{width}")
+    page.get_by_role("link", name="Tasks").click()  # type: ignore[attr-defined]
+    page.goto(f"{live_server}/#/tasks?from=2000-01-01&sort=cost")  # type: ignore[attr-defined]
+    page.wait_for_selector("#tasks-table tbody tr")  # type: ignore[attr-defined]
+    assert_table_fits(page, "#tasks-table")
+    assert_no_page_outline(page)
+    titles = page.locator("#tasks-table td.c-title")  # type: ignore[attr-defined]
+    cut = [
+        (text, full)
+        for text, full, clipped in titles.evaluate_all(
+            "cells => cells.map(c => [c.textContent, c.title, c.scrollWidth > c.clientWidth])"
+        )
+        if clipped
+    ]
+    if width == 1280:  # cut with an ellipsis, whole on hover; cards wrap them instead
+        assert cut and all(text == full for text, full in cut)
+    else:
+        assert not cut
+    shot(page, f"demo-tasks-{width}")
+    # The task page of a task whose timeline has a parallel burst (overlapping bars).
+    headers = {"X-Api-Key": admin}
+    with httpx.Client(base_url=live_server, headers=headers) as client:
+        rows = client.get("/api/v1/usage/tasks", params={"limit": 100}).json()["data"]
+        bursting = next(
+            task["task_id"]
+            for task in (client.get(f"/api/v1/usage/tasks/{r['task_id']}").json() for r in rows)
+            if task["stream_count"] > 1
+            and overlapping([(c["timestamp"], c["duration_ms"]) for c in task["tool_call_history"]])
+        )
+    page.locator("#tasks-table a", has_text=bursting).click()  # type: ignore[attr-defined]
+    page.wait_for_selector("#streams-table tbody tr")  # type: ignore[attr-defined]
+    assert_table_fits(page, "#streams-table")
+    assert_no_page_outline(page)
+    shot(page, f"demo-task-{width}")
     page.context.close()  # type: ignore[attr-defined]
 
 

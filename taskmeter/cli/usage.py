@@ -263,6 +263,7 @@ def demo(
                 "tasks": result.tasks,
                 "streams": result.streams,
                 "events": result.events,
+                "caps": result.caps,
             }
         )
         return
@@ -270,6 +271,7 @@ def demo(
         f"recorded {result.events} events: {result.tasks} tasks, {result.streams} streams "
         "over the last 90 days"
     )
+    print(f"spending caps: {'; '.join(result.caps)}")
     print_table("demo keys (shown once)", ["user", "key"], list(result.keys.items()))
     admin = result.keys["admin@acme.example"]
     print("\ntry, once `taskmeter serve` runs:")

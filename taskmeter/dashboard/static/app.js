@@ -72,6 +72,52 @@ function barList(label, entries, format, id) {
       })));
 }
 
+// A table that turns into cards on a narrow screen: each cell carries its column's name
+// (data-label, drawn by the CSS before the value) and its column's class (widths, hiding).
+// columns: [{ label, cls, num?, sorted? }]; cells(row) gives one value (or node) a column.
+function dataTable(id, caption, columns, rows, cells) {
+  const head = columns.map((c) => h("th", { scope: "col", class: [c.cls, c.num ? "num" : ""].join(" ").trim(), "aria-sort": c.sorted || null }, c.label));
+  const body = rows.map((row) => h("tr", {}, cells(row).map((value, i) => {
+    const c = columns[i];
+    const text = value instanceof Node ? null : value;
+    // Long text truncates with an ellipsis; the whole of it shows on hover.
+    return h("td", { class: [c.cls, c.num ? "num" : "", c.cellClass ? c.cellClass(row) : ""].join(" ").trim(), "data-label": c.label, title: c.truncates && text ? text : null }, value);
+  })));
+  return h("div", { class: "table-wrap" }, h("table", { id, class: "cards" },
+    caption ? h("caption", { class: "muted" }, caption) : null,
+    h("thead", {}, h("tr", {}, head)), h("tbody", {}, body)));
+}
+
+// What a task or stream was charged; a BYOK one says so, with the provider's cost (sort=cost
+// orders by that base amount, so a BYOK row can rank above larger platform charges).
+function charged(row) {
+  if (!row.is_byok || row.llm_cost === null || row.llm_cost === undefined) return credits(row.neo_credits);
+  return h("span", { title: `Bring your own key: the provider billed ${credits(row.llm_cost)} credits (what sort by cost orders by); the platform charged ${credits(row.neo_credits)}` },
+    h("span", { class: "tag" }, "BYOK"), " ", credits(row.neo_credits));
+}
+
+const CAP_SUBJECTS = { team: "Team", member: "Member", project: "Project", user: "User" };
+const PER = { day: "daily", week: "weekly", month: "monthly", total: "in total" };
+
+function capsPanel(caps) {
+  if (!caps || caps.length === 0) return null;  // no caps: no panel
+  return h("section", { class: "card", "aria-label": "Spending caps" }, h("h2", {}, "Spending caps"),
+    h("ul", { class: "caps", id: "caps" }, caps.map((c) => {
+      const name = c.project || c.user || (c.kind === "team" && me && me.team ? me.team.name : "");
+      const share = c.limit_credits > 0 ? Math.min(1, (c.used_credits + c.reserved_credits) / c.limit_credits) : 1;
+      const top = Math.max(0, ...(c.thresholds || []));
+      const fill = h("div", { class: `fill${share * 100 >= top && top > 0 ? " high" : ""}` });
+      fill.style.width = `${100 * share}%`;
+      return h("li", {},
+        h("div", { class: "cap-head" }, h("span", { class: "name", title: name }, `${CAP_SUBJECTS[c.kind] || c.kind} ${name}`.trim()), h("span", { class: "muted" }, PER[c.period] || c.period)),
+        h("div", { class: "track", role: "img", "aria-label": `${Math.round(100 * share)}% of the cap used` }, fill),
+        h("div", { class: "cap-figures" },
+          h("span", {}, `${credits(c.used_credits)} / ${credits(c.limit_credits)} credits`),
+          h("span", {}, `${credits(c.remaining_credits)} left`),
+          h("span", { class: "muted" }, c.resets_at ? `resets ${when(c.resets_at)}` : "never resets")));
+    })));
+}
+
 /* ---------- sign in ---------- */
 
 async function signIn(event) {
@@ -176,7 +222,7 @@ async function overviewView(params, stale) {
       barList("Credits by model", byModel, credits, "by-model"),
       s.by_email ? barList("Credits by member", s.by_email.map((e) => [e.email, e.neo_credits]), credits, "by-member") : null,
       barList("Tasks by status", byStatus, number, "by-status"),
-      balance, byok));
+      balance, capsPanel(s.caps), byok));
   drawCredits(chart, s.by_period || []);
 }
 
@@ -202,23 +248,26 @@ async function tasksView(params, stale) {
   } catch (error) { return stale() || fail(error); }
   if (stale()) return;
   const admin = Boolean(me && me.team);
-  const rows = page.data.map((t) => h("tr", {},
-    h("td", {}, h("a", { href: `#/task/${encodeURIComponent(t.task_id)}` }, t.task_id)),
-    h("td", {}, t.task_title || ""),
-    admin ? h("td", {}, t.email || "") : null,
-    h("td", { class: `status-${t.status}` }, t.status),
-    h("td", {}, t.model),
-    h("td", {}, when(t.created_at)),
-    h("td", { class: "num" }, number(t.stream_count)),
-    h("td", { class: "num" }, number(t.tool_calls)),
-    h("td", { class: "num" }, credits(t.neo_credits))));
+  const columns = [
+    { label: "Task", cls: "c-task" },
+    { label: "Title", cls: "c-title", truncates: true },
+    ...(admin ? [{ label: "Member", cls: "c-member", truncates: true }] : []),
+    { label: "Status", cls: "c-status", cellClass: (t) => `status-${t.status}` },
+    { label: "Model", cls: "c-model wide", truncates: true },
+    { label: "Created", cls: "c-date", sorted: sort === "created_at" ? "descending" : null },
+    { label: "Streams", cls: "c-count wide", num: true },
+    { label: "Tool calls", cls: "c-count wide", num: true },
+    { label: "Credits", cls: "c-credits", num: true, sorted: sort === "cost" ? "descending" : null },
+  ];
+  const cells = (t) => [
+    h("a", { href: `#/task/${encodeURIComponent(t.task_id)}` }, t.task_id),
+    t.task_title || "",
+    ...(admin ? [t.email || ""] : []),
+    t.status, t.model, when(t.created_at), number(t.stream_count), number(t.tool_calls), charged(t),
+  ];
   const shown = page.data.length ? `${offset + 1}–${offset + page.data.length} of ${page.total}` : `0 of ${page.total}`;
   show(h("h1", {}, "Tasks"), form,
-    h("div", { class: "table-wrap" }, h("table", { id: "tasks-table" },
-      h("caption", { class: "muted" }, `Tasks created in the range, by ${sort === "cost" ? "cost" : "date"}`),
-      h("thead", {}, h("tr", {}, ["Task", "Title", ...(admin ? ["Member"] : []), "Status", "Model", "Created"].map((c) => h("th", { scope: "col" }, c)),
-        ["Streams", "Tool calls", "Credits"].map((c) => h("th", { scope: "col", class: "num" }, c)))),
-      h("tbody", {}, rows))),
+    dataTable("tasks-table", `Tasks created in the range, by ${sort === "cost" ? "cost" : "date"}`, columns, page.data, cells),
     h("div", { class: "pager" },
       h("button", { type: "button", class: "secondary", disabled: offset === 0, onclick: () => go("tasks", { ...Object.fromEntries(params.entries()), offset: Math.max(0, offset - limit) }) }, "Previous"),
       h("span", { id: "page-info", "aria-live": "polite" }, shown),
@@ -266,12 +315,18 @@ async function taskView(taskId, stale) {
       barList("Tool time", tools, ms, "tool-breakdown"),
       h("section", { class: "card", "aria-label": "Tool-call timeline" }, h("h2", {}, "Tool-call timeline"), timeline(task.tool_call_history || [], task))),
     h("h2", {}, "Streams"),
-    h("div", { class: "table-wrap" }, h("table", { id: "streams-table" },
-      h("thead", {}, h("tr", {}, ["Stream", "Status", "Model", "Started", "Execution", "Tool calls", "Credits"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, streams.data.map((s) => h("tr", {},
-        h("td", { title: s.stream_id }, s.stream_id.slice(0, 8)), h("td", { class: `status-${s.status}` }, s.status), h("td", {}, s.model),
-        h("td", {}, when(s.created_at)), h("td", {}, ms(s.total_execution_ms)), h("td", { class: "num" }, number(s.tool_calls)),
-        h("td", { class: "num" }, credits(s.neo_credits))))))));
+    dataTable("streams-table", null, [
+      { label: "Stream", cls: "c-stream" },
+      { label: "Status", cls: "c-status", cellClass: (x) => `status-${x.status}` },
+      { label: "Model", cls: "c-model", truncates: true },
+      { label: "Started", cls: "c-date" },
+      { label: "Execution", cls: "c-time", num: true },
+      { label: "Tool calls", cls: "c-count wide", num: true },
+      { label: "Credits", cls: "c-credits", num: true },
+    ], streams.data, (x) => [
+      h("span", { title: x.stream_id }, x.stream_id.slice(0, 8)), x.status, x.model, when(x.created_at),
+      ms(x.total_execution_ms), number(x.tool_calls), charged(x),
+    ]));
 }
 
 /* ---------- shell ---------- */
