@@ -22,7 +22,8 @@ COLUMNS = ("day", "model", "projects", "provider $", "taskmeter $", "byok $", "c
 
 
 def _money(value: Decimal) -> str:
-    return f"{value:.6f}"
+    # Rounded first, so a difference below a millionth prints 0.000000, not -0.000000.
+    return f"{value.quantize(Decimal('0.000001')) + 0:.6f}"
 
 
 def _cells(line: Line) -> tuple[str, ...]:
