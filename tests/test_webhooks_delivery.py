@@ -1,6 +1,6 @@
 """Webhook delivery by `taskmeter serve` as a real process, on both stores: an event enqueued
 survives `kill -9` of serve and is delivered after the restart; a receiver that hangs never
-slows or fails ingestion."""
+slows or fails ingestion, and a clean stop hands its in-flight claims back."""
 
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ def test_a_hanging_receiver_never_slows_or_fails_ingestion(
         assert len(rows) == 7
         assert all(r.status == "pending" and r.attempts == 1 for r in rows)
         assert all(r.lease_until is not None for r in rows)  # in flight, leased
+        stop(process)  # SIGTERM: a clean stop hands the claims back at once
+        assert all(r.lease_until is None and r.status == "pending" for r in _rows(store))
     finally:
         stop(process)
         receiver.stop()

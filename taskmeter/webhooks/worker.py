@@ -18,6 +18,7 @@ leased until the lease expires, when another claims them again (at least once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -36,7 +37,15 @@ from taskmeter.timeutil import utc_now
 from taskmeter.webhooks.credits import sweep_expiring
 from taskmeter.webhooks.signing import signed_headers
 
-__all__ = ["Claimed", "Outcome", "WebhookWorker", "backoff_s", "claim_due", "record"]
+__all__ = [
+    "Claimed",
+    "Outcome",
+    "WebhookWorker",
+    "backoff_s",
+    "claim_due",
+    "record",
+    "release_leases",
+]
 
 log = logging.getLogger("taskmeter.webhooks")
 
@@ -173,6 +182,16 @@ def record(store: Store, claimed: Claimed, outcome: Outcome, settings: Settings)
     return str(values["status"])
 
 
+def release_leases(store: Store, claims: list[Claimed]) -> None:
+    with store.write() as db:
+        for claimed in claims:
+            db.execute(
+                update(WEBHOOK_DELIVERIES)
+                .where(D.id == claimed.delivery_id, D.lease_token == claimed.token)
+                .values(lease_until=None, lease_token=None)
+            )
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None or response.status_code not in (429, 503):
@@ -215,7 +234,7 @@ class WebhookWorker:
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
 
     async def run(self) -> None:
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight: dict[asyncio.Task[None], Claimed] = {}
         last_sweep = float("-inf")
         timeout = httpx.Timeout(self.settings.webhook_timeout_s)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
@@ -227,8 +246,8 @@ class WebhookWorker:
                     free = CONCURRENCY - len(in_flight)
                     for claimed in await self._claim(free) if free > 0 else []:
                         task = asyncio.create_task(self._deliver(client, claimed))
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
+                        in_flight[task] = claimed
+                        task.add_done_callback(lambda done: in_flight.pop(done, None))
                     if in_flight:
                         await asyncio.wait(
                             set(in_flight),
@@ -238,9 +257,16 @@ class WebhookWorker:
                     else:
                         await asyncio.sleep(self.settings.webhook_poll_s)
             finally:
-                for task in in_flight:
+                stopped = dict(in_flight)
+                for task in stopped:
                     task.cancel()
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.gather(*stopped, return_exceptions=True)
+                unrecorded = [claimed for task, claimed in stopped.items() if task.cancelled()]
+                if unrecorded:
+                    # A clean stop hands its claims back at once rather than when the leases
+                    # run out; the attempt stays counted (it may have reached the receiver).
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(release_leases, self.store, unrecorded)
 
     async def _claim(self, limit: int) -> list[Claimed]:
         try:
