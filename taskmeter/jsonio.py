@@ -8,12 +8,15 @@ turned into strings, the same shortest float repr.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
-__all__ = ["JSONBody", "dump_bytes", "dumps", "loads"]
+__all__ = ["JSONBody", "JSONBodyRoute", "dump_bytes", "dumps", "loads"]
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
@@ -35,3 +38,19 @@ class JSONBody(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=_OPTIONS)
+
+
+class JSONBodyRoute(APIRoute):
+    """A route whose body is JSON whatever Content-Type it was sent with, as the events endpoint
+    reads it: `curl -d` labels its body application/x-www-form-urlencoded, and FastAPI would
+    then refuse a valid JSON body as "not a dictionary"."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+            scope = {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            return await handler(Request(scope, request.receive))
+
+        return route

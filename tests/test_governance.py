@@ -324,6 +324,17 @@ def test_authorize_input_and_callers(client: TestClient, org: dict[str, Any]) ->
         response = authorize(client, key, **body)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["code"] == code
+    # `curl -d` labels a JSON body as a form; it is read as JSON, as the events endpoint does.
+    as_curl_sends_it = client.post(
+        "/api/v1/usage/authorize",
+        headers={"X-Api-Key": key, "Content-Type": "application/x-www-form-urlencoded"},
+        content=b'{"user": "dev@acme.test", "estimate_credits": 0.5}',
+    )
+    assert as_curl_sends_it.status_code == 200, as_curl_sends_it.text
+    not_json = client.post(
+        "/api/v1/usage/authorize", headers={"X-Api-Key": key}, content=b"user=dev@acme.test"
+    )
+    assert not_json.status_code == 400 and not_json.json()["code"] == "invalid_request"
     # A user's own key authorizes itself only.
     assert authorize(client, org["solo"].key, user="solo@example.com").status_code == 200
     assert authorize(client, org["solo"].key, user="dev@acme.test").status_code == 403

@@ -23,11 +23,11 @@ from taskmeter.errors import BadRequest, ErrorResponse, NotFound
 from taskmeter.governance.authorize import AuthorizeRequest, authorize, release
 from taskmeter.governance.caps import CapError, parse_limit, parse_thresholds, remove_cap, set_cap
 from taskmeter.governance.scoped import cap_in_scope, caps_in_scope, target_in_scope
-from taskmeter.jsonio import JSONBody
+from taskmeter.jsonio import JSONBody, JSONBodyRoute
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["Governance"])
+router = APIRouter(tags=["Governance"], route_class=JSONBodyRoute)
 
 
 class _Body(BaseModel):
