@@ -10,10 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from taskmeter.app import create_app
 from taskmeter.cli import app
+from taskmeter.config import Settings, normalise_database_url
+from taskmeter.identity import service
+from taskmeter.pricing.credits import NANO, grant_credits
+from taskmeter.store import Store
+from taskmeter.store.migrate import upgrade
 from tests.factories import Factory
+from tests.pg_instance import PgInstance, pg_bin
 from tests.processes import serve, stop
 
 ATTEMPTS = 50
@@ -83,3 +91,33 @@ def test_no_overspend_across_processes(
             stop(process)
     assert statuses.count(200) == HEADROOM, statuses
     assert statuses.count(402) == ATTEMPTS - HEADROOM
+
+
+def test_authorize_survives_a_restart_of_postgresql(tmp_path: Path) -> None:
+    """authorize's connections are not pinged before use: the first on a connection the
+    server dropped is rerun on a fresh one, not answered 503."""
+    if pg_bin() is None:
+        pytest.skip("no PostgreSQL server binaries to start a throwaway instance")
+    pg = PgInstance()
+    try:
+        store = Store(normalise_database_url(pg.url))
+        upgrade(store.write_engine)
+        with store.write() as db:
+            service.create_user(db, "dev@example.com")
+            grant_credits(db, amount_nano=10 * NANO, user_email="dev@example.com")
+            key = service.create_key(db, service="platform").plaintext
+        store.dispose()
+        app = create_app(Settings(database_url=pg.url))
+        with TestClient(app) as client:
+            body = {"user": "dev@example.com", "estimate_credits": 1}
+            headers = {"X-Api-Key": key}
+            for _ in range(3):  # the pool holds connections now
+                answer = client.post("/api/v1/usage/authorize", json=body, headers=headers)
+                assert answer.status_code == 200, answer.text
+            pg.stop()
+            pg.start()
+            pg.wait_ready()
+            answer = client.post("/api/v1/usage/authorize", json=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+    finally:
+        pg.destroy()

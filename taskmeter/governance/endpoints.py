@@ -16,6 +16,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from taskmeter.deps import AUTH_RESPONSES, PrincipalDep, ScopeDep, StoreDep
@@ -105,17 +106,16 @@ async def post_authorize(
         estimate_nano=estimate,
     )
 
-    def run() -> dict[str, Any]:
-        with store.small_write() as db:
-            return authorize(
-                db,
-                principal,
-                call,
-                require_credits=settings.require_credits,
-                ttl_s=settings.reservation_ttl_s,
-            )
+    def run(db: Session) -> dict[str, Any]:
+        return authorize(
+            db,
+            principal,
+            call,
+            require_credits=settings.require_credits,
+            ttl_s=settings.reservation_ttl_s,
+        )
 
-    return JSONBody(await run_in_threadpool(run))
+    return JSONBody(await run_in_threadpool(store.run_small_write, run))
 
 
 @router.delete(
@@ -127,8 +127,7 @@ async def post_authorize(
 def delete_reservation(
     reservation_id: str, principal: PrincipalDep, store: StoreDep
 ) -> dict[str, Any]:
-    with store.small_write() as db:
-        release(db, principal, reservation_id)
+    store.run_small_write(lambda db: release(db, principal, reservation_id))
     return {"released": True, "reservation_id": reservation_id}
 
 

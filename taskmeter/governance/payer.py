@@ -12,6 +12,7 @@ lock is held, and every authorization of a scope sees the holds of the one befor
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -149,12 +150,18 @@ def _held() -> Any:
     return RESERVATIONS.c.estimate_nano - func.coalesce(STREAMS.c.neo_credits_nano, 0)
 
 
-def _open_holds_query(payer: Payer, now: datetime) -> Select[Any]:
-    """The open reservations that may count against this payer's caps or account, each with
-    what it still holds (a finished stream's real cost is in the spend: its hold is over)."""
-    matches = [RESERVATIONS.c.user_id == payer.user_id, RESERVATIONS.c.scope == payer.scope]
-    if payer.project_id is not None:
-        matches.append(RESERVATIONS.c.project_id == payer.project_id)
+@functools.cache
+def _open_holds_query(project: bool) -> Select[Any]:
+    """The open reservations that may count against a payer's caps or account (`user_id`,
+    `scope`, `project_id`, `now` bound), each with what it still holds (a finished stream's
+    real cost is in the spend: its hold is over). Built once a shape, as every statement of
+    authorize is: building and keying them again each call cost more than running them."""
+    matches = [
+        RESERVATIONS.c.user_id == bindparam("user_id"),
+        RESERVATIONS.c.scope == bindparam("scope"),
+    ]
+    if project:
+        matches.append(RESERVATIONS.c.project_id == bindparam("project_id"))
     return (
         select(
             RESERVATIONS.c.user_id,
@@ -167,7 +174,7 @@ def _open_holds_query(payer: Payer, now: datetime) -> Select[Any]:
         .outerjoin(STREAMS, STREAMS.c.stream_id == RESERVATIONS.c.stream_id)
         .where(
             RESERVATIONS.c.released_at.is_(None),
-            RESERVATIONS.c.expires_at > now,
+            RESERVATIONS.c.expires_at > bindparam("now"),
             or_(*matches),
             STREAMS.c.status.is_(None),
             _held() > 0,
@@ -175,8 +182,19 @@ def _open_holds_query(payer: Payer, now: datetime) -> Select[Any]:
     )
 
 
+def _params(payer: Payer, now: datetime) -> dict[str, Any]:
+    return {
+        "user_id": payer.user_id,
+        "team_id": payer.team_id,
+        "project_id": payer.project_id,
+        "scope": payer.scope,
+        "now": now,
+    }
+
+
 def open_holds(db: Session, payer: Payer, now: datetime) -> list[Hold]:
-    return [Hold(*row) for row in db.execute(_open_holds_query(payer, now)).all()]
+    query = _open_holds_query(payer.project_id is not None)
+    return [Hold(*row) for row in db.execute(query, _params(payer, now)).all()]
 
 
 def held_against(cap: Any, holds: list[Hold], since: datetime) -> int:
@@ -206,29 +224,21 @@ class PayerState:
 def payer_state(db: Session, payer: Payer, now: datetime, *, credits: bool) -> PayerState:
     """Holds, credit account and caps in one statement (a round trip each was most of
     authorize's time): the one-row part as scalar subqueries, the caps joined to it."""
-    postgresql = db.get_bind().dialect.name == "postgresql"
-    holds = _open_holds_query(payer, now).subquery("holds")
-    fields = (holds.c.user_id, holds.c.team_id, holds.c.project_id, holds.c.scope,
-              holds.c.created_at, holds.c.held)  # fmt: skip
-    aggregate = (
-        func.json_agg(func.json_build_array(*fields))
-        if postgresql
-        else func.json_group_array(func.json_array(*fields))
+    shape = (
+        db.get_bind().dialect.name == "postgresql",
+        payer.project_id is not None,
+        None if not credits else "team" if payer.team_id is not None else "user",
     )
-    columns: list[Any] = [select(aggregate).select_from(holds).scalar_subquery().label("holds")]
-    if credits:
-        columns += _credit_columns(payer, now)
-    one = select(literal(1).label("one")).subquery("one")
-    subjects = CAPS.c.subject.in_(bindparam("subjects", expanding=True))
-    query = select(
-        *columns,
-        *CAPS.c,
-        _latest(CAP_SPEND.c.period_start).label("latest_start"),
-        _latest(CAP_SPEND.c.used_nano).label("latest_used"),
-    ).select_from(one.outerjoin(CAPS, subjects))
+    # A credit account that was reset counts from then: its statement's shape depends on the
+    # moment (charged_since_expr), so it is built for the call.
+    query = (
+        _state_query(*shape)
+        if not credits or payer.reset_at is None
+        else _build_state_query(*shape, since=payer.reset_at)
+    )
     params = {
+        **_params(payer, now),
         "subjects": list(stream_subjects(payer.user_id, payer.team_id, payer.project_id)),
-        "now": now,
     }
     rows = db.execute(query, params).all()
     first = rows[0]
@@ -250,21 +260,56 @@ def payer_state(db: Session, payer: Payer, now: datetime, *, credits: bool) -> P
     return PayerState(found, account, [row for row in rows if row.id is not None])
 
 
-def _credit_columns(payer: Payer, now: datetime) -> list[Any]:
-    owner = (
-        CREDIT_GRANTS.c.team_id == payer.team_id
-        if payer.team_id is not None
-        else CREDIT_GRANTS.c.user_id == payer.user_id
+@functools.cache
+def _state_query(postgresql: bool, project: bool, owner: str | None) -> Select[Any]:
+    return _build_state_query(postgresql, project, owner, since=None)
+
+
+def _build_state_query(
+    postgresql: bool, project: bool, owner: str | None, *, since: datetime | None
+) -> Select[Any]:
+    holds = _open_holds_query(project).subquery("holds")
+    fields = (holds.c.user_id, holds.c.team_id, holds.c.project_id, holds.c.scope,
+              holds.c.created_at, holds.c.held)  # fmt: skip
+    aggregate = (
+        func.json_agg(func.json_build_array(*fields))
+        if postgresql
+        else func.json_group_array(func.json_array(*fields))
+    )
+    columns: list[Any] = [select(aggregate).select_from(holds).scalar_subquery().label("holds")]
+    if owner is not None:
+        columns += _credit_columns(owner, since)
+    one = select(literal(1).label("one")).subquery("one")
+    subjects = CAPS.c.subject.in_(bindparam("subjects", expanding=True))
+    return select(
+        *columns,
+        *CAPS.c,
+        _latest(CAP_SPEND.c.period_start).label("latest_start"),
+        _latest(CAP_SPEND.c.used_nano).label("latest_used"),
+    ).select_from(one.outerjoin(CAPS, subjects))
+
+
+def _credit_columns(owner: str, since: datetime | None) -> list[Any]:
+    owns = (
+        CREDIT_GRANTS.c.team_id == bindparam("team_id")
+        if owner == "team"
+        else CREDIT_GRANTS.c.user_id == bindparam("user_id")
     )
     live = (
         select(CREDIT_GRANTS.c.amount_nano)
-        .where(owner, or_(CREDIT_GRANTS.c.expires_at.is_(None), CREDIT_GRANTS.c.expires_at > now))
+        .where(
+            owns,
+            or_(
+                CREDIT_GRANTS.c.expires_at.is_(None),
+                CREDIT_GRANTS.c.expires_at > bindparam("now"),
+            ),
+        )
         .subquery()
     )
     return [
         select(func.count()).select_from(live).scalar_subquery().label("live_grants"),
         select(func.coalesce(func.sum(live.c.amount_nano), 0)).scalar_subquery().label("issued"),
-        charged_since_expr(payer.scope, payer.reset_at).label("used"),
+        charged_since_expr(bindparam("scope"), since).label("used"),
     ]
 
 

@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, select
+from sqlalchemy import BindParameter, ColumnElement, func, literal, select
 from sqlalchemy.orm import Session
 
 from taskmeter.identity.principal import Scope
@@ -34,7 +34,9 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def charged_since_expr(scope_key: str, since: datetime | None) -> ColumnElement[Any]:
+def charged_since_expr(
+    scope_key: str | BindParameter[Any], since: datetime | None
+) -> ColumnElement[Any]:
     """Credits charged to the account by its streams created at or after `since`, running
     streams included (usage counts against the balance at once), as one SQL expression: the
     partial bucket after `since` from the rows, then 15-minute rollups up to the next month,
