@@ -15,6 +15,15 @@ Spend governance: `--caps N` defines N caps before the clock starts (the run's u
 of its own, with its user caps for every period, its member cap, its team's cap, and the rest
 on other users), with limits no run reaches; `--recent` dates the streams from a week ago, so
 that they fall in the caps' periods (use it for the run with `--caps 0` it is compared with).
+
+The durable ingest log (issue 21): `--log` runs `serve` with TASKMETER_INGEST_LOG on a
+JetStream stream of its own (BENCH_<random>, deleted afterwards); `--floor` sends the same
+bodies to bench/floor.py instead; `--rate` paces the clients at that many events/s in all. With
+`--log` the run waits until the log is drained; `--sample-lag` samples the lag every 0.2 s while
+sending, from JetStream itself (the computation /readyz makes, without its 1 s cache) and from
+/readyz.
+`--queryable` also counts usage_events until the store holds every accepted event, and prints
+events/s from the first send until then (on the direct path, until the last answer).
 """
 
 from __future__ import annotations
@@ -127,6 +136,69 @@ def bodies(
 NATS_URL = os.environ.get("TASKMETER_BENCH_NATS_URL", "nats://127.0.0.1:4222")
 
 
+class LogWatch:
+    """The run's JetStream stream, read from this process in a thread of its own: its lag
+    uncached (IngestLog.lag with no cache) and, at the end, its deletion."""
+
+    def __init__(self, stream: str) -> None:
+        import asyncio
+
+        from taskmeter.log.publisher import IngestLog
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.log = IngestLog(NATS_URL, stream=stream, replicas=1)
+        self._call(self._connect())
+
+    async def _connect(self) -> None:
+        import nats
+
+        self.log._nc = await nats.connect(NATS_URL, name="taskmeter-bench")
+        self.log._js = self.log._nc.jetstream()
+
+    def _call(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    def lag(self) -> Any:
+        return self._call(self.log.lag(max_age_s=0))
+
+    def delete(self) -> None:
+        try:
+            self._call(self.log.jetstream.delete_stream(self.log.stream))
+            print(f"deleted stream {self.log.stream}")
+        except Exception as exc:  # never created (serve did not start)
+            print(f"stream {self.log.stream} not deleted: {exc}")
+        self._call(self.log.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def count_events(url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    from taskmeter.config import normalise_database_url
+
+    engine = create_engine(normalise_database_url(url))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM usage_events")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def summary(samples: list[float]) -> str:
+    if not samples:
+        return "no samples"
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return (
+        f"p50 {ordered[len(ordered) // 2]:.2f} s, p99 {p99:.2f} s, max {ordered[-1]:.2f} s "
+        f"({len(ordered)} samples)"
+    )
+
+
 def start_floor(url: str, workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     """bench/floor.py on a free port, once it answers."""
     from common import free_port
@@ -212,6 +284,16 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="through the NATS ingest log")
     parser.add_argument("--floor", action="store_true", help="send to bench/floor.py instead")
     parser.add_argument("--rate", type=float, default=0, help="events/s to pace at (0: flat out)")
+    parser.add_argument(
+        "--queryable",
+        action="store_true",
+        help="also wait until the store holds every accepted event (usage_events counted)",
+    )
+    parser.add_argument(
+        "--sample-lag",
+        action="store_true",
+        help="with --log, sample the projection lag every 0.2 s while sending",
+    )
     args = parser.parse_args()
     if args.caps:
         args.recent = True
@@ -249,7 +331,9 @@ def main() -> None:
         server, base = start_floor(url, workdir, args.workers)
     else:
         server, base = start_serve(url, workdir, **serve_env)
-    lag_samples: list[float] = []
+    watch = LogWatch(log_stream) if args.log else None
+    lag_samples: list[float] = []  # from JetStream, uncached
+    readyz_samples: list[float] = []  # from /readyz (cached 1 s by each worker)
     try:
         # One body source per connection, like one agent worker per connection: a stream's
         # events are batched by the client that runs it, and its batches arrive in order.
@@ -310,18 +394,56 @@ def main() -> None:
         ]
         for thread in threads:
             thread.start()
-        time.sleep(min(2.0, args.seconds / 4))
-        split = connections_by_process(base)
+
+        def sample(into: list[float], read: Any) -> None:
+            while any(t.is_alive() for t in threads):
+                now = time.monotonic()
+                into.append(read())
+                time.sleep(0.2 - (time.monotonic() - now) % 0.2)
+
+        samplers = []
+        if watch is not None and args.sample_lag:
+            log_watch = watch
+            samplers = [
+                threading.Thread(
+                    target=sample, args=(lag_samples, lambda: log_watch.lag().seconds)
+                ),
+                threading.Thread(
+                    target=sample,
+                    args=(
+                        readyz_samples,
+                        lambda: httpx.get(f"{base}/readyz", timeout=10).json()["log"][
+                            "lag_seconds"
+                        ],
+                    ),
+                ),
+            ]
+            for sampler in samplers:
+                sampler.start()
+        split: list[int] = []
+        next_rss = next_split = started + min(2.0, args.seconds / 4)
         while any(t.is_alive() for t in threads):
-            peak_rss[0] = max(peak_rss[0], rss_mib(server.pid))
-            if args.log:
-                lag_samples.append(httpx.get(f"{base}/readyz").json()["log"]["lag_seconds"])
-            time.sleep(0.5)
+            now = time.monotonic()
+            if now >= next_rss:
+                peak_rss[0] = max(peak_rss[0], rss_mib(server.pid))
+                next_rss = now + 0.5
+            if not split and now >= next_split:
+                split = connections_by_process(base)
+            time.sleep(0.2 - (time.monotonic() - now) % 0.2)
+        for sampler in samplers:
+            sampler.join()
         wall = time.monotonic() - started
         drained = wall
-        if args.log:  # queryable: until every logged batch is in the store
-            while httpx.get(f"{base}/readyz").json()["log"]["lag_messages"]:
-                time.sleep(0.2)
+        if watch is not None:  # until every logged batch is applied and acknowledged
+            while watch.lag().messages:
+                time.sleep(0.1)
+            drained = time.monotonic() - started
+        stored = None
+        if args.queryable and not args.floor:
+            stored = count_events(url)
+            while stored < accepted[0] and time.monotonic() - started < wall + 600:
+                time.sleep(0.1)
+                stored = count_events(url)
             drained = time.monotonic() - started
         latencies.sort()
 
@@ -336,14 +458,15 @@ def main() -> None:
         if made_late[0]:
             print(f"bodies made during the run (raise --prepare): {made_late[0]}")
         print(f"sustained: {accepted[0] / wall:,.0f} events/s")
-        if args.log:
-            lag_samples.sort()
-            p99_lag = lag_samples[min(len(lag_samples) - 1, int(0.99 * len(lag_samples)))]
+        if args.log or stored is not None:
             print(
-                f"queryable: {accepted[0] / drained:,.0f} events/s (drained {drained - wall:.1f} s "
-                f"after sending); projection lag p50 {lag_samples[len(lag_samples) // 2]:.2f} s, "
-                f"p99 {p99_lag:.2f} s, max {lag_samples[-1]:.2f} s"
+                f"queryable: {accepted[0] / drained:,.0f} events/s ({drained:.1f} s from the first "
+                f"send, {drained - wall:.1f} s after the last answer"
+                + (f"; {stored} events in the store)" if stored is not None else ")")
             )
+        if args.log and args.sample_lag:
+            print(f"projection lag (JetStream, every 0.2 s): {summary(lag_samples)}")
+            print(f"projection lag (/readyz, cached 1 s):    {summary(readyz_samples)}")
         if latencies:
             print(
                 f"batch latency: p50 {p(0.5):.0f} ms  p99 {p(0.99):.0f} ms  "
@@ -353,6 +476,8 @@ def main() -> None:
         print(f"connections per serving process: {' + '.join(map(str, split)) or 'none seen'}")
     finally:
         stop_serve(server)
+        if watch is not None:
+            watch.delete()
         if cleanup:
             cleanup()
 

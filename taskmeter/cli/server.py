@@ -106,6 +106,7 @@ def projector(
     if not settings.ingest_log:
         fail("set TASKMETER_INGEST_LOG=nats://… to name the ingest log")
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    from taskmeter.heap import settle_heap
     from taskmeter.log.projector import Projector
     from taskmeter.log.publisher import IngestLog
 
@@ -125,6 +126,9 @@ def projector(
             credits_low_percent=settings.credits_low_percent,
         )
         worker = Projector(ingest_log, ingestor)
+        # The collector's settings `serve` runs with (taskmeter/heap.py): a merged
+        # transaction allocates tens of thousands of objects a batch.
+        settle_heap()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop)
