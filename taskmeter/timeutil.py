@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 
-__all__ = ["parse_instant", "to_unix_ms", "utc_now"]
+__all__ = ["iso_z", "parse_instant", "to_unix_ms", "utc_now"]
 
 _BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def iso_z(moment: datetime) -> str:
+    """A UTC instant as the API writes it: ISO 8601 with `Z`."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def parse_instant(value: str | int | float) -> datetime:

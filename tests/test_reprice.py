@@ -21,6 +21,7 @@ from taskmeter.store import Store
 from taskmeter.store.tables import (
     PRICE_SOURCES,
     REPRICE_RUNS,
+    STREAM_FIGURES,
     STREAMS,
     TASKS,
     USAGE_EVENTS,
@@ -172,19 +173,7 @@ def snapshot(store: Store) -> dict[str, Any]:
     return out
 
 
-FIGURE_NAMES = (
-    "streams",
-    "neo_credits_nano",
-    "base_nano",
-    "tool_calls",
-    "input_tokens",
-    "output_tokens",
-    "steps",
-    "agent_triggers",
-    "execution_ms",
-    "finished_streams",
-    "tasks",
-)
+FIGURE_NAMES = (*STREAM_FIGURES, "finished_streams", "tasks")
 
 
 def run(store: Store, book: PriceBook, **options: Any) -> Any:

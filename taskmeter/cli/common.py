@@ -20,6 +20,7 @@ from taskmeter.config import Settings
 from taskmeter.identity.service import IdentityError
 from taskmeter.store import Store
 from taskmeter.store.migrate import upgrade
+from taskmeter.timeutil import iso_z
 
 __all__ = [
     "JsonOption",
@@ -79,7 +80,7 @@ def write(ctx: typer.Context) -> Iterator[Session]:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso_z(value)
     return value
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from taskmeter.cli.common import JsonOption, fail, print_json, print_table, write
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 from taskmeter.webhooks.endpoints import (
     STATUSES,
     WebhookError,
@@ -20,7 +20,7 @@ from taskmeter.webhooks.endpoints import (
     remove_endpoint,
     validate_url,
 )
-from taskmeter.webhooks.outbox import EVENT_TYPES, TEST_EVENT, enqueue, iso
+from taskmeter.webhooks.outbox import EVENT_TYPES, TEST_EVENT, enqueue
 
 __all__ = ["webhooks"]
 
@@ -144,7 +144,7 @@ def webhooks_test(
         event_id = enqueue(
             db,
             TEST_EVENT,
-            {"endpoint_id": endpoint_id, "sent_at": iso(utc_now())},
+            {"endpoint_id": endpoint_id, "sent_at": iso_z(utc_now())},
             dedupe_key=f"test:{uuid.uuid4().hex}",
             endpoint_ids=[endpoint_id],
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -23,6 +22,7 @@ from taskmeter.errors import ApiError
 from taskmeter.export.columns import Column, Kind
 from taskmeter.export.rows import Record
 from taskmeter.pricing.credits import NANO
+from taskmeter.timeutil import iso_z
 
 __all__ = [
     "MEDIA_TYPES",
@@ -31,7 +31,6 @@ __all__ = [
     "ParquetUnavailable",
     "credits_text",
     "encoder_for",
-    "iso",
 ]
 
 MEDIA_TYPES = {
@@ -46,11 +45,6 @@ class ParquetUnavailable(ApiError):
     """format=parquet on a server installed without pyarrow."""
 
     status = 501
-
-
-def iso(moment: datetime) -> str:
-    """A UTC instant as the read API writes it: ISO 8601 with `Z`."""
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def credits_text(nano: int) -> str:
@@ -72,7 +66,7 @@ _TEXT: dict[Kind, Callable[[Any], Any]] = {
     "string": _same,
     "integer": _same,
     "boolean": lambda b: "true" if b else "false",
-    "time": iso,
+    "time": iso_z,
     "credits": credits_text,
     "decimal": lambda d: format(d, "f"),
     "json": _json_text,

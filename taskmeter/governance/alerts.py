@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from taskmeter.governance.spend import CapAlert
 from taskmeter.pricing.credits import credits_from_nano
+from taskmeter.timeutil import iso_z
 
 __all__ = ["emit_cap_alerts"]
 
@@ -19,7 +20,7 @@ def emit_cap_alerts(db: Session, alerts: Iterable[CapAlert]) -> None:
     except ImportError:  # webhooks not installed in this build
         return
     for alert in alerts:
-        period = alert.period_start.isoformat().replace("+00:00", "Z")
+        period = iso_z(alert.period_start)
         data = {
             "cap_id": alert.cap_id,
             "kind": alert.kind,

@@ -40,7 +40,7 @@ from taskmeter.governance.spend import code_for
 from taskmeter.identity.principal import Principal
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.tables import RESERVATIONS
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 
 __all__ = [
     "AuthorizeRequest",
@@ -140,7 +140,7 @@ def authorize(
     return {
         "allowed": True,
         "reservation_id": reservation_id,
-        "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+        "expires_at": iso_z(expires_at),
         "remaining": {
             # The least headroom left once this estimate is held: the first limit to stop it.
             "neo_credits": credits_from_nano(min(remaining)) if remaining else None,

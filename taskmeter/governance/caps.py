@@ -22,7 +22,7 @@ from taskmeter.governance.periods import PERIODS, parse_zone, period_bounds
 from taskmeter.identity.service import IdentityError
 from taskmeter.pricing.credits import NANO, credits_from_nano
 from taskmeter.store.tables import CAP_SPEND, CAPS, Cap
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 
 __all__ = [
     "CAP_KINDS",
@@ -204,7 +204,7 @@ def cap_json(
         "reserved_credits": credits_from_nano(reserved_nano),
         "remaining_credits": credits_from_nano(remaining),
         "thresholds": list(cap.thresholds),
-        "resets_at": None if resets_at is None else resets_at.isoformat().replace("+00:00", "Z"),
+        "resets_at": None if resets_at is None else iso_z(resets_at),
     }
     body.update(names or {})
     return body

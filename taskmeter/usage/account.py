@@ -20,7 +20,7 @@ from taskmeter.store.tables import (
     Team,
     User,
 )
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 from taskmeter.usage.buckets import bucket_time, in_spans, next_month, split_spans
 from taskmeter.usage.rollups import (
     BUCKET_S,
@@ -31,7 +31,7 @@ __all__ = ["charged_since", "charged_since_expr", "credit_account"]
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    return None if moment is None else iso_z(moment)
 
 
 def charged_since_expr(

@@ -15,6 +15,7 @@ from typing import Any
 from taskmeter import jsonio
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.tables import AnyStream
+from taskmeter.timeutil import iso_z
 
 __all__ = [
     "SUMMED",
@@ -197,10 +198,6 @@ def with_email(usage: str, email: str | None) -> str:
     return '{"email":' + jsonio.dumps(email) + "," + usage[1:]
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def to_task_usage(
     figures: dict[str, Any], *, as_task: bool, email: str | None = None
 ) -> dict[str, Any]:
@@ -217,8 +214,8 @@ def to_task_usage(
         status=figures["status"],
         error_message=figures["error_message"],
         is_byok=figures["is_byok"],
-        created_at=_iso(figures["created_at"]),
-        finished_at=_iso(figures["finished_at"]),
+        created_at=iso_z(figures["created_at"]),
+        finished_at=iso_z(figures["finished_at"]),
         step_count=figures["step_count"],
         avg_step_latency_ms=rounded_mean(figures["step_latency_ms"], figures["step_count"]),
         tool_calls=figures["tool_calls"],

@@ -36,7 +36,7 @@ from taskmeter.store.tables import (
     TaskRollupMonth,
     User,
 )
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 from taskmeter.usage.account import credit_account
 from taskmeter.usage.buckets import (
     Span,
@@ -71,7 +71,7 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    return None if moment is None else iso_z(moment)
 
 
 @dataclass

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store import Store
 from taskmeter.store.tables import CREDIT_GRANTS, TEAMS, USERS, WEBHOOK_EVENTS
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 from taskmeter.usage.account import charged_since
-from taskmeter.webhooks.outbox import enqueue, iso, subscribed
+from taskmeter.webhooks.outbox import enqueue, subscribed
 
 __all__ = ["Account", "account_of", "emit_credits_low", "sweep_expiring"]
 
@@ -97,7 +97,7 @@ def emit_credits_low(db: Session, scopes: Iterable[str], percent: int) -> None:
             continue  # no live credits: nothing to run low on
         if account.available_nano * 100 >= account.issued_nano * percent:
             continue
-        reset = iso(account.reset_at) if account.reset_at else "never"
+        reset = iso_z(account.reset_at) if account.reset_at else "never"
         enqueue(
             db,
             "credits.low",
@@ -138,7 +138,7 @@ def sweep_expiring(store: Store, days: int, *, now: datetime | None = None) -> i
                 **account.as_json(),
                 "grant_id": grant_id,
                 "grant_credits": credits_from_nano(amount),
-                "expires_at": iso(expires_at),
+                "expires_at": iso_z(expires_at),
             }
             key_text = f"credits:grant:{grant_id}:expiring"
             enqueued += bool(enqueue(db, "credits.expiring", data, dedupe_key=key_text))

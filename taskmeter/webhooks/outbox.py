@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -21,18 +20,14 @@ from sqlalchemy.orm import Session
 
 from taskmeter import jsonio
 from taskmeter.store.tables import WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS
-from taskmeter.timeutil import utc_now
+from taskmeter.timeutil import iso_z, utc_now
 
-__all__ = ["EVENT_TYPES", "TEST_EVENT", "enqueue", "iso", "subscribed"]
+__all__ = ["EVENT_TYPES", "TEST_EVENT", "enqueue", "subscribed"]
 
 # What an endpoint may subscribe to (`taskmeter webhooks add --events …`).
 EVENT_TYPES = ("cap.threshold", "cap.reached", "credits.low", "credits.expiring")
 # Sent by `taskmeter webhooks test ID` to that endpoint alone, whatever it subscribes to.
 TEST_EVENT = "webhook.test"
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def subscribed(db: Session, event_type: str) -> list[int]:
@@ -57,7 +52,7 @@ def enqueue(
     enqueued before (then nothing is written). `endpoint_ids` sends it to those endpoints
     (not removed) instead of the subscribers of its type."""
     now = utc_now()
-    body = jsonio.dumps({"type": event_type, "timestamp": iso(now), "data": dict(data)})
+    body = jsonio.dumps({"type": event_type, "timestamp": iso_z(now), "data": dict(data)})
     insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(WEBHOOK_EVENTS)
