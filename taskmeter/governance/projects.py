@@ -88,8 +88,6 @@ def create_project(
 
 
 def find_project(db: Session, scope: str, name: str) -> Project | None:
-    if "\x00" in name:  # no stored name holds one, and PostgreSQL cannot compare against it
-        return None
     return db.scalar(select(Project).where(Project.scope == scope, Project.name == name))
 
 
