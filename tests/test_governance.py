@@ -13,11 +13,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from taskmeter.cli import app
 from taskmeter.governance.periods import period_bounds
 from taskmeter.store import Store
+from taskmeter.store.tables import RESERVATIONS
 from tests.factories import Factory
 
 
@@ -342,7 +344,7 @@ def test_authorize_input_and_callers(client: TestClient, org: dict[str, Any]) ->
 
 
 def test_a_finished_stream_replaces_its_hold_with_its_cost(
-    client: TestClient, cli: CliRunner, org: dict[str, Any]
+    client: TestClient, cli: CliRunner, org: dict[str, Any], store: Store
 ) -> None:
     key = org["service"]
     run(cli, "caps", "set", "--team", "acme", "--limit", "10")
@@ -356,6 +358,12 @@ def test_a_finished_stream_replaces_its_hold_with_its_cost(
     # Finished: only its real cost counts.
     ingest(client, key, stream_batch("dev@acme.test", credits="2", stream_id=sid, finished=True)[1])
     assert authorize(client, key, user="dev@acme.test", estimate_credits=8).status_code == 200
+    # Its reservation is released by the batch that finished it, the other one still open.
+    with store.read() as db:
+        rows = db.execute(select(RESERVATIONS.c.stream_id, RESERVATIONS.c.released_at)).all()
+    released = {str(stream_id): at is not None for stream_id, at in rows}
+    assert released.pop(sid) is True
+    assert list(released.values()) == [False]
 
 
 # --- caps API --------------------------------------------------------------------------

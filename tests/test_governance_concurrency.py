@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from taskmeter.app import create_app
@@ -20,6 +21,7 @@ from taskmeter.identity import service
 from taskmeter.pricing.credits import NANO, grant_credits
 from taskmeter.store import Store
 from taskmeter.store.migrate import upgrade
+from taskmeter.store.tables import RESERVATIONS
 from tests.factories import Factory
 from tests.pg_instance import PgInstance, pg_bin
 from tests.processes import serve, stop
@@ -64,6 +66,11 @@ def test_fifty_authorizations_against_ten_credits_allow_ten(
     statuses = _race([live_server], key)
     assert statuses.count(200) == HEADROOM, statuses
     assert statuses.count(402) == ATTEMPTS - HEADROOM
+    # A refusal holds nothing: on PostgreSQL the reservation is written by the statement that
+    # reads the state, and the refusal must roll it back.
+    with factory.store.read() as db:
+        held = db.scalar(select(func.count()).select_from(RESERVATIONS))
+    assert held == HEADROOM
 
 
 @pytest.mark.parametrize("layout", ["workers", "replicas"])

@@ -6,7 +6,8 @@
       ─ payer.payer_state: open holds, the credit account, the caps and their spend
       ─ credit balance: live grants − charged since reset − open holds ≥ estimate
       ─ every cap: used this period + open holds + estimate ≤ limit
-      ─▶ reservation row (allowed) | PaymentRequired with the precise code
+      ─▶ reservation row (allowed; on PostgreSQL written by the state's statement and
+         rolled back on a refusal) | PaymentRequired with the precise code
 
 An open reservation holds its estimate less what its stream has been charged so far, until the
 stream finishes (its real cost, already in the spend, replaces the hold), the reservation is
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from taskmeter.errors import BadRequest, NotFound, PaymentRequired
@@ -39,6 +40,7 @@ from taskmeter.governance.payer import (
 from taskmeter.governance.spend import code_for
 from taskmeter.identity.principal import Principal
 from taskmeter.pricing.credits import credits_from_nano
+from taskmeter.store.bulk import run
 from taskmeter.store.tables import RESERVATIONS
 from taskmeter.timeutil import iso_z, utc_now
 
@@ -50,6 +52,7 @@ __all__ = [
     "held_against",
     "open_holds",
     "release",
+    "release_finished",
 ]
 
 # Checked first to last; the first that refuses is the one reported.
@@ -79,7 +82,20 @@ def authorize(
         raise BadRequest("estimate_credits must be 0 or more")
     payer = resolve_payer(db, principal, request, lock=True)
     now = utc_now()
-    state = payer_state(db, payer, now, credits=require_credits)
+    reservation: dict[str, Any] = {
+        "id": "rsv_" + secrets.token_hex(16),
+        "user_id": payer.user_id,
+        "team_id": payer.team_id,
+        "project_id": payer.project_id,
+        "scope": payer.scope,
+        "task_id": request.task_id,
+        "stream_id": request.stream_id,
+        "estimate_nano": request.estimate_nano,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl_s),
+    }
+    # Written by the state's own statement where it can be: a refusal below rolls it back.
+    state, reserved = payer_state(db, payer, now, credits=require_credits, reserve=reservation)
     holds = state.holds
     estimate = request.estimate_nano
 
@@ -120,27 +136,12 @@ def authorize(
         statuses.append(cap_json(cap, used_nano=used, reserved_nano=held + estimate, resets_at=end))
         remaining.append(cap.limit_nano - used - held - estimate)
 
-    reservation_id = "rsv_" + secrets.token_hex(16)
-    expires_at = now + timedelta(seconds=ttl_s)
-    db.execute(
-        _INSERT_RESERVATION,
-        {
-            "id": reservation_id,
-            "user_id": payer.user_id,
-            "team_id": payer.team_id,
-            "project_id": payer.project_id,
-            "scope": payer.scope,
-            "task_id": request.task_id,
-            "stream_id": request.stream_id,
-            "estimate_nano": estimate,
-            "created_at": now,
-            "expires_at": expires_at,
-        },
-    )
+    if not reserved:
+        db.execute(_INSERT_RESERVATION, reservation)
     return {
         "allowed": True,
-        "reservation_id": reservation_id,
-        "expires_at": iso_z(expires_at),
+        "reservation_id": reservation["id"],
+        "expires_at": iso_z(reservation["expires_at"]),
         "remaining": {
             # The least headroom left once this estimate is held: the first limit to stop it.
             "neo_credits": credits_from_nano(min(remaining)) if remaining else None,
@@ -169,15 +170,40 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 # One statement object: built and keyed afresh each call, it cost as much as it ran.
 _INSERT_RESERVATION = RESERVATIONS.insert()
 
 
+_RELEASE_FINISHED = (
+    update(RESERVATIONS)
+    .where(
+        RESERVATIONS.c.stream_id.in_(bindparam("streams", expanding=True)),
+        RESERVATIONS.c.released_at.is_(None),
+    )
+    .values(released_at=bindparam("now"))
+)
+
+
+_PG_RELEASE_FINISHED = (
+    "UPDATE reservations SET released_at = %(now)s"
+    " WHERE stream_id = ANY(%(streams)s) AND released_at IS NULL"
+)
+
+
+def release_finished(db: Session, streams: list[uuid.UUID], now: datetime) -> None:
+    """End the holds of streams that finished in this ingest transaction. Their holds were
+    already over (a finished stream's real cost is in the spend, and `open_holds` skips it);
+    released, they also leave the open-reservation indexes authorize reads."""
+    if not streams:
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        run(db, _PG_RELEASE_FINISHED, {"streams": streams, "now": now})  # every batch: psycopg's
+    else:
+        db.execute(_RELEASE_FINISHED, {"streams": streams, "now": now})
+
+
 def release(db: Session, principal: Principal, reservation_id: str) -> None:
     """End a reservation's hold now (the caller's own, or any for a service key)."""
-    if db.get_bind().dialect.name == "postgresql":
-        db.execute(_ASYNC_COMMIT)  # a lost release only keeps a hold until it expires
     query = update(RESERVATIONS).where(
         RESERVATIONS.c.id == reservation_id, RESERVATIONS.c.released_at.is_(None)
     )

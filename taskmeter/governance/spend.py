@@ -2,8 +2,9 @@
 the caps it counts against, in the batch's own transaction.
 
     batch's streams before/after ─ spend_of ─▶ (subjects, created_at, credits)
-      ─ deltas by (subject, created_at) ─ caps of those subjects ─▶ cap_spend upserts
-      (sorted keys, RETURNING the new figure) ─▶ over_limit streams, threshold crossings
+      ─ deltas by (subject, created_at) ─ plan_charges: caps of those subjects ─▶ CapCharges
+      ─ apply: cap_spend upserts (sorted keys, RETURNING the new figure)
+      ─▶ over_limit streams, threshold crossings
 
 A cap counts from the period it was created in: `backfill_cap` sums that period from the
 streams table once, and ingestion adds to that period and later ones. On PostgreSQL a
@@ -15,25 +16,31 @@ the backfill or in a delta, never both and never neither.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from taskmeter.governance.caps import stream_subjects
 from taskmeter.governance.periods import parse_zone, period_bounds
+from taskmeter.store.bulk import fetch, insert_sql, rows_json, run
 from taskmeter.store.tables import CAP_SPEND, CAPS, PROJECTS, STREAMS, AnyStream, Cap
 
-__all__ = ["CapAlert", "OverLimit", "backfill_cap", "charge_caps", "spend_of"]
+__all__ = [
+    "CapAlert",
+    "CapCharges",
+    "OverLimit",
+    "backfill_cap",
+    "plan_charges",
+    "spend_of",
+]
 
 # The key of the advisory lock between cap creation (exclusive) and spend (shared).
 _CAPS_LOCK = 0x7A5C_CA95
-_SHARED_LOCK = text(f"SELECT pg_advisory_xact_lock_shared({_CAPS_LOCK})")
 _EXCLUSIVE_LOCK = text(f"SELECT pg_advisory_xact_lock({_CAPS_LOCK})")
 
 Spend = tuple[tuple[str, ...], datetime, int]
@@ -75,20 +82,116 @@ def spend_of(stream: AnyStream) -> Spend | None:
     return subjects, stream.created_at, stream.neo_credits_nano
 
 
+class _CapRow(NamedTuple):
+    """A cap as `plan_charges` reads it (the columns of `_CAPS_OF`)."""
+
+    id: int
+    kind: str
+    subject: str
+    period: str
+    tz: str
+    limit_nano: int
+    thresholds: list[int]
+    created_at: datetime
+
+
+_PG_SHARED_LOCK = f"SELECT pg_advisory_xact_lock_shared({_CAPS_LOCK})"
+_PG_CAPS_OF = (
+    "SELECT id, kind, subject, period, tz, limit_nano, thresholds, created_at"
+    " FROM caps WHERE subject = ANY(%(subjects)s)"
+)
+# Sorted rows, so concurrent batches lock shared spend rows in one order.
+_PG_CHARGE = (
+    insert_sql(
+        CAP_SPEND, ("cap_id", "period_start", "used_nano"), conflict=("cap_id", "period_start"),
+        add=True,
+    )
+    + " RETURNING cap_id, period_start, used_nano"
+)  # fmt: skip
+
 _CAPS_OF = select(
     CAPS.c.id, CAPS.c.kind, CAPS.c.subject, CAPS.c.period, CAPS.c.tz, CAPS.c.limit_nano,
     CAPS.c.thresholds, CAPS.c.created_at,
 ).where(CAPS.c.subject.in_(bindparam("subjects", expanding=True)))  # fmt: skip
 
 
-def charge_caps(
+@dataclass(frozen=True)
+class CapCharges:
+    """A batch's charges to its caps' periods, planned before any spend row is locked."""
+
+    caps: Mapping[int, Any]
+    charges: Mapping[tuple[int, datetime], int]
+    streams_of: Mapping[tuple[int, datetime], set[uuid.UUID]]
+    running: frozenset[uuid.UUID]
+    postgresql: bool
+
+    def apply(self, db: Session) -> tuple[list[OverLimit], list[CapAlert]]:
+        """Add the charges to the spend rows: the running streams whose spend grew into a cap
+        at or past its limit, and the thresholds crossed. The rows stay locked to the commit,
+        so this is the batch's last write but the outbox's."""
+        if not self.charges:
+            return [], []
+        rows = [
+            {"cap_id": c, "period_start": p, "used_nano": n}
+            for (c, p), n in sorted(self.charges.items())
+        ]
+        written: Sequence[Any]
+        if self.postgresql:
+            written = fetch(db, _PG_CHARGE, {"rows": rows_json(rows)})
+        else:
+            upsert = sqlite_insert(CAP_SPEND).values(rows)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["cap_id", "period_start"],
+                set_={"used_nano": CAP_SPEND.c.used_nano + upsert.excluded.used_nano},
+            )
+            written = db.execute(
+                upsert.returning(
+                    CAP_SPEND.c.cap_id, CAP_SPEND.c.period_start, CAP_SPEND.c.used_nano
+                )
+            ).all()
+        over: set[OverLimit] = set()
+        alerts: list[CapAlert] = []
+        for cap_id, period_start, used in written:
+            cap = self.caps[cap_id]
+            spent_key = (cap_id, _utc(period_start))
+            delta = self.charges.get(spent_key, 0)
+            old = used - delta
+            if delta > 0 and used >= cap.limit_nano:
+                code = code_for(cap.kind)
+                contributed = self.streams_of.get(spent_key, ())
+                over.update(OverLimit(sid, code) for sid in contributed if sid in self.running)
+            for percent in (*cap.thresholds, None):
+                # In whole numbers: percent of the limit against 100 x the spend.
+                line = cap.limit_nano * (100 if percent is None else percent)
+                if old * 100 < line <= used * 100:
+                    alerts.append(
+                        CapAlert(
+                            cap_id,
+                            cap.kind,
+                            cap.subject,
+                            spent_key[1],
+                            percent,
+                            used,
+                            cap.limit_nano,
+                        )
+                    )
+        ordered = sorted(over, key=lambda o: (str(o.stream_id), o.code))
+        return ordered, alerts
+
+
+_NOTHING = CapCharges({}, {}, {}, frozenset(), False)
+
+
+def plan_charges(
     db: Session,
     before: Mapping[uuid.UUID, Spend | None],
     after: Mapping[uuid.UUID, Spend | None],
     running: Iterable[uuid.UUID],
-) -> tuple[list[OverLimit], list[CapAlert]]:
-    """Add the streams' changes in credits to their caps' spend: the running streams whose
-    spend grew into a cap at or past its limit, and the thresholds crossed."""
+) -> CapCharges:
+    """The streams' changes in credits, as charges to the periods of the caps they count
+    against. On PostgreSQL this takes the shared caps lock (held to the commit) and reads the
+    caps, neither of which locks a row: done before the batch's hot rows (rollups, spend) are
+    locked, these round trips do not lengthen the time other batches wait on them."""
     deltas: dict[tuple[str, datetime], int] = {}
     growing: dict[tuple[str, datetime], set[uuid.UUID]] = {}
     for sid, now in after.items():
@@ -107,14 +210,19 @@ def charge_caps(
                 growing.setdefault((subject, now[1]), set()).add(sid)
     deltas = {key: nano for key, nano in deltas.items() if nano}
     if not deltas:
-        return [], []
+        return _NOTHING
     postgresql = db.get_bind().dialect.name == "postgresql"
-    if postgresql:
-        db.execute(_SHARED_LOCK)
     wanted = sorted({subject for subject, _ in deltas})
-    caps = db.execute(_CAPS_OF, {"subjects": wanted}).all()
+    caps: list[Any]
+    if postgresql:
+        # Straight to psycopg, as the bulk writes go: SQLAlchemy's execution path was most of
+        # these two statements' cost. The lock first, in a statement of its own (see above).
+        run(db, _PG_SHARED_LOCK, {})
+        caps = [_CapRow(*row) for row in fetch(db, _PG_CAPS_OF, {"subjects": wanted})]
+    else:
+        caps = list(db.execute(_CAPS_OF, {"subjects": wanted}).all())
     if not caps:
-        return [], []
+        return _NOTHING
     by_subject: dict[str, list[Any]] = {}
     for cap in caps:
         by_subject.setdefault(cap.subject, []).append(cap)
@@ -128,43 +236,9 @@ def charge_caps(
             charge_key = (cap.id, start)
             charges[charge_key] = charges.get(charge_key, 0) + nano
             streams_of.setdefault(charge_key, set()).update(growing.get((subject, created_at), ()))
-    if not charges:
-        return [], []
-    insert = (pg_insert if postgresql else sqlite_insert)(CAP_SPEND)
-    rows = [
-        {"cap_id": c, "period_start": p, "used_nano": n} for (c, p), n in sorted(charges.items())
-    ]
-    upsert = insert.values(rows).on_conflict_do_update(
-        index_elements=["cap_id", "period_start"],
-        set_={"used_nano": CAP_SPEND.c.used_nano + insert.excluded.used_nano},
+    return CapCharges(
+        {cap.id: cap for cap in caps}, charges, streams_of, frozenset(running), postgresql
     )
-    written = db.execute(
-        upsert.returning(CAP_SPEND.c.cap_id, CAP_SPEND.c.period_start, CAP_SPEND.c.used_nano)
-    ).all()
-    cap_by_id = {cap.id: cap for cap in caps}
-    alive = set(running)
-    over: set[OverLimit] = set()
-    alerts: list[CapAlert] = []
-    for cap_id, period_start, used in written:
-        cap = cap_by_id[cap_id]
-        spent_key = (cap_id, _utc(period_start))
-        delta = charges.get(spent_key, 0)
-        old = used - delta
-        if delta > 0 and used >= cap.limit_nano:
-            code = code_for(cap.kind)
-            contributed = streams_of.get(spent_key, ())
-            over.update(OverLimit(sid, code) for sid in contributed if sid in alive)
-        for percent in (*cap.thresholds, None):
-            # In whole numbers: percent of the limit against 100 x the spend.
-            line = cap.limit_nano * (100 if percent is None else percent)
-            if old * 100 < line <= used * 100:
-                alerts.append(
-                    CapAlert(
-                        cap_id, cap.kind, cap.subject, spent_key[1], percent, used, cap.limit_nano
-                    )
-                )
-    ordered = sorted(over, key=lambda o: (str(o.stream_id), o.code))
-    return ordered, alerts
 
 
 def _utc(moment: datetime) -> datetime:

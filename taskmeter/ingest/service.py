@@ -27,8 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from taskmeter.governance.alerts import emit_cap_alerts
+from taskmeter.governance.authorize import release_finished
 from taskmeter.governance.projects import ProjectRef, projects_by_name
-from taskmeter.governance.spend import charge_caps, spend_of
+from taskmeter.governance.spend import plan_charges, spend_of
 from taskmeter.identity.principal import Principal, scope_key
 from taskmeter.identity.service import IdentityError, normalise_email
 from taskmeter.ingest.batch import EventsByStream, IngestResult, parse_batch
@@ -50,7 +51,7 @@ from taskmeter.store import Store
 from taskmeter.store.tables import StreamRow
 from taskmeter.timeutil import utc_now
 from taskmeter.usage.rollups import RollupDeltas, stream_contribution
-from taskmeter.webhooks.credits import emit_credits_low
+from taskmeter.webhooks.credits import credits_low_watched, emit_credits_low
 
 __all__ = ["IngestResult", "Ingestor", "parse_batch"]
 
@@ -176,6 +177,7 @@ class Ingestor:
         ]
         stored = stored_pairs(db, probed) if probed else {}
         rollups = RollupDeltas()
+        open_before = {sid for sid, s in streams.items() if s.status is None}
         before = {sid: stream_contribution(s) for sid, s in streams.items()}
         spend_before = {sid: spend_of(s) for sid, s in streams.items()}
 
@@ -221,21 +223,28 @@ class Ingestor:
             rollups,
             loaded=(streams[sid] for sid in ids),
         )
-        rollups.write(db)
-        # Last: the caps' spend rows stay locked from here to the commit, which is next.
+        # Reads that lock no row come first: every statement between the first hot-row
+        # write (a rollup or a cap's spend, shared by all of a subject's batches) and the
+        # commit lengthens the wait of every other batch of that subject.
         spend_after = {sid: spend_of(streams[sid]) for sid in ids}
-        over_limit, alerts = charge_caps(
+        charges = plan_charges(
             db, spend_before, spend_after, (sid for sid in ids if streams[sid].status is None)
         )
-        result.over_limit = [o.as_json() for o in over_limit]
-        if alerts:
-            emit_cap_alerts(db, alerts)
         charged = {
             streams[sid].scope
             for sid, now_spent in spend_after.items()
             if now_spent is not None and now_spent[2] > (spend_before[sid] or (0, 0, 0))[2]
         }
-        if charged and self.credits_low_percent:
+        watch_low = bool(charged and self.credits_low_percent) and credits_low_watched(db)
+        release_finished(
+            db, [sid for sid in ids if sid in open_before and streams[sid].status is not None], now
+        )
+        rollups.write(db)
+        over_limit, alerts = charges.apply(db)
+        result.over_limit = [o.as_json() for o in over_limit]
+        if alerts:
+            emit_cap_alerts(db, alerts)
+        if watch_low:
             emit_credits_low(db, (s for s in charged if s), self.credits_low_percent)
 
     def _projects_named(

@@ -14,9 +14,10 @@ the JSON documents (the JSON parameter is parsed whole, then every document in i
 JSON values are what the columns hold: JSON documents as they are, instants as RFC 3339
 with their offset, UUIDs and decimals as strings.
 
-None of these statements returns rows, so they go to psycopg on the session's own
-connection (`driver_cursor`): SQLAlchemy's execution path (its statement cache lookup,
-execution context and result set-up) cost more Python than psycopg's whole execute for them.
+These statements go to psycopg on the session's own connection (`driver_cursor`, `run`, and
+`fetch` for the few that return rows): SQLAlchemy's execution path (its statement cache
+lookup, execution context and result set-up) cost more Python than psycopg's whole execute
+for them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
 __all__ = [
     "copy_rows",
     "driver_cursor",
+    "fetch",
     "insert_rows",
     "insert_sql",
     "rows_json",
@@ -80,6 +82,15 @@ def run(db: Session, sql: str, params: Mapping[str, Any]) -> None:
     """Execute a statement that returns no rows, in psycopg's parameter style (`%(name)s`)."""
     with driver_cursor(db, sql) as cursor:
         cursor.execute(sql, params)
+
+
+def fetch(db: Session, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Execute a statement and return its rows as tuples, in psycopg's parameter style: for
+    small keyed statements run every batch, where SQLAlchemy's execution path cost more than
+    the statement."""
+    with driver_cursor(db, sql) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 # Each column type's wire type in a binary COPY (a binary value must be of its column's

@@ -24,12 +24,19 @@ from sqlalchemy.orm import Session
 
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store import Store
+from taskmeter.store.bulk import fetch
 from taskmeter.store.tables import CREDIT_GRANTS, TEAMS, USERS, WEBHOOK_EVENTS
 from taskmeter.timeutil import iso_z, utc_now
 from taskmeter.usage.account import charged_since
 from taskmeter.webhooks.outbox import enqueue, subscribed
 
-__all__ = ["Account", "account_of", "emit_credits_low", "sweep_expiring"]
+__all__ = [
+    "Account",
+    "account_of",
+    "credits_low_watched",
+    "emit_credits_low",
+    "sweep_expiring",
+]
 
 G = CREDIT_GRANTS.c
 
@@ -84,11 +91,22 @@ def account_of(db: Session, scope: str, now: datetime) -> Account | None:
     )
 
 
+def credits_low_watched(db: Session) -> bool:
+    """Whether any endpoint takes `credits.low`: asked before the batch locks its hot rows."""
+    if db.get_bind().dialect.name == "postgresql":  # every ingest batch: straight to psycopg
+        rows = fetch(db, _PG_ENDPOINT_EVENTS, {})
+        return any("credits.low" in (events or ()) for (events,) in rows)
+    return bool(subscribed(db, "credits.low"))
+
+
+_PG_ENDPOINT_EVENTS = "SELECT events FROM webhook_endpoints WHERE removed_at IS NULL"
+
+
 def emit_credits_low(db: Session, scopes: Iterable[str], percent: int) -> None:
-    """In the transaction that charged these accounts: `credits.low` for each whose available
-    credits fell below `percent` of its live grants."""
+    """In the transaction that charged these accounts, once `credits_low_watched` said yes:
+    `credits.low` for each whose available credits fell below `percent` of its live grants."""
     wanted = sorted(set(scopes))
-    if percent <= 0 or not wanted or not subscribed(db, "credits.low"):
+    if percent <= 0 or not wanted:
         return
     now = utc_now()
     for scope in wanted:

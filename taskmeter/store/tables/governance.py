@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -79,8 +80,25 @@ class Reservation(Base):
 
     __tablename__ = "reservations"
     __table_args__ = (
-        Index("ix_reservations_user_open", "user_id", "expires_at"),
-        Index("ix_reservations_scope_open", "scope", "expires_at"),
+        # Open ones only (migration 0012): released ones are never read by authorize. With
+        # `released_at` a key column a release is never a HOT update on PostgreSQL: the old
+        # version dies, and index scans can mark its entry dead.
+        Index(
+            "ix_reservations_user_open",
+            "user_id",
+            "expires_at",
+            "released_at",
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+        Index(
+            "ix_reservations_scope_open",
+            "scope",
+            "expires_at",
+            "released_at",
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
         Index("ix_reservations_stream", "stream_id"),
     )
 
