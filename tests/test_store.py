@@ -21,12 +21,14 @@ from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from taskmeter.app import create_app
 from taskmeter.config import Settings, normalise_database_url
 from taskmeter.errors import UNAVAILABLE, store_fault
 from taskmeter.ingest.rows import append_events, insert_streams, new_stream, write_streams
 from taskmeter.store import Store
+from taskmeter.store.bulk import fetch_compiled
 from taskmeter.store.engine import one_snapshot
 from taskmeter.store.migrate import alembic_config, upgrade
 from taskmeter.store.tables import STREAM_COLUMNS, Base, Stream, StreamRow, UsageEvent, User
@@ -487,3 +489,21 @@ def test_events_appended_in_bulk_read_back_exactly(store: Store) -> None:
                 event.price_source_id)  # fmt: skip
         assert back == row
     assert stored["e2"].time.utcoffset() == timedelta(0)
+
+
+def test_small_writes_run_again_on_a_connection_the_server_dropped(store: Store) -> None:
+    """Authorize's statements go to psycopg on connections that are not pinged at checkout:
+    one the server dropped fails its first statement, is invalidated like SQLAlchemy's own,
+    and the transaction runs once more on a fresh connection."""
+    if store.dialect != "postgresql":
+        pytest.skip("the psycopg path is PostgreSQL's")
+    backend = select(func.pg_backend_pid().label("pid"))
+
+    def pid(db: Session) -> int:
+        return int(fetch_compiled(db, backend, {})[0].pid)
+
+    first = store.run_small_write(pid)
+    with store.read_engine.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+    second = store.run_small_write(pid)
+    assert second != first

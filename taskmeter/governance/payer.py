@@ -16,13 +16,25 @@ statement of its own before COMMIT.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import String, bindparam, case, cast, func, literal, or_, select, true, union_all
+from sqlalchemy import (
+    ARRAY,
+    String,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import CompoundSelect, Select
 
@@ -30,6 +42,7 @@ from taskmeter.errors import BadRequest, Forbidden
 from taskmeter.governance.caps import stream_subjects
 from taskmeter.identity.principal import Principal, scope_key
 from taskmeter.identity.service import IdentityError, normalise_email
+from taskmeter.store.bulk import fetch_compiled
 from taskmeter.store.tables import (
     CAP_SPEND,
     CAPS,
@@ -86,10 +99,8 @@ def resolve_payer(
     takes a transaction-scoped advisory lock on the payer's scope (its team, or the solo user):
     every authorization of that scope's users, caps, projects and credits then runs one after
     another, and the statements after this one see what the previous holder committed.
-    SQLite's write transaction is exclusive from its BEGIN IMMEDIATE. Also with `lock`, the
-    transaction commits asynchronously: a reservation is a hold, not usage (bench/RESULTS.md:
-    the WAL flush had doubled authorize's time); others see it at commit either way, and a
-    server crash can forget only the last holds."""
+    SQLite's write transaction is exclusive from its BEGIN IMMEDIATE. (Authorize's
+    transaction commits asynchronously: see `Store.small_write`.)"""
     try:
         email = normalise_email(request.user)
     except IdentityError as exc:
@@ -97,8 +108,12 @@ def resolve_payer(
     if not principal.is_service and principal.email != email:
         raise Forbidden("a user's key may only authorize its own streams")
     postgresql = db.get_bind().dialect.name == "postgresql"
-    query = _PAYER_LOCKED if lock and postgresql else _PAYER
-    found = db.execute(query, {"email": email, "project": request.project}).one_or_none()
+    params = {"email": email, "project": request.project}
+    if postgresql:
+        rows = fetch_compiled(db, _PAYER_LOCKED if lock else _PAYER, params)
+        found = rows[0] if rows else None
+    else:
+        found = db.execute(_PAYER, params).one_or_none()
     if found is None:
         raise BadRequest(f"no user with email {email}", code="unknown_user")
     if request.team is not None and request.team != found.team_name:
@@ -142,7 +157,6 @@ _PAYER_FROM = USERS.outerjoin(MEMBERSHIPS, MEMBERSHIPS.c.user_id == USERS.c.id).
 )
 _PAYER = select(*_PAYER_COLUMNS).select_from(_PAYER_FROM).where(USERS.c.email == bindparam("email"))
 _PAYER_LOCKED = _PAYER.add_columns(
-    func.set_config("synchronous_commit", "off", true()).label("async_commit"),
     func.pg_advisory_xact_lock(func.hashtextextended(literal("payer:") + _SCOPE_SQL, 0)).label(
         "locked"
     ),
@@ -241,7 +255,9 @@ def payer_state(
     reserve: Mapping[str, Any] | None = None,
 ) -> tuple[PayerState, bool]:
     """Holds, credit account and caps in one statement (a round trip each was most of
-    authorize's time): the one-row part as scalar subqueries, the caps joined to it. With
+    authorize's time): the one-row part as scalar subqueries, the caps joined to it. On
+    PostgreSQL it is compiled once a shape and run by psycopg (SQLAlchemy's execution path was
+    a sixth of authorize's time), as is `resolve_payer`'s. With
     `reserve` (a reservation row) on PostgreSQL the same statement inserts it; the flag says
     whether it did (the caller inserts it otherwise, once it has decided)."""
     postgresql = db.get_bind().dialect.name == "postgresql"
@@ -254,11 +270,8 @@ def payer_state(
     )
     # A credit account that was reset counts from then: its statement's shape depends on the
     # moment (charged_since_expr), so it is built for the call.
-    query = (
-        _state_query(*shape)
-        if not credits or payer.reset_at is None
-        else _build_state_query(*shape, since=payer.reset_at)
-    )
+    cached = not credits or payer.reset_at is None
+    query = _state_query(*shape) if cached else _build_state_query(*shape, since=payer.reset_at)
     params = {
         **_params(payer, now),
         "subjects": list(stream_subjects(payer.user_id, payer.team_id, payer.project_id)),
@@ -266,7 +279,11 @@ def payer_state(
     if reserving:
         assert reserve is not None
         params |= {f"rsv_{name}": value for name, value in reserve.items()}
-    rows = db.execute(query, params).all()
+    rows: Sequence[Any] = (
+        fetch_compiled(db, query, params, cache=cached)
+        if postgresql
+        else db.execute(query, params).all()
+    )
     first = rows[0]
     raw = first.holds
     if isinstance(raw, str):  # SQLite answers JSON as text
@@ -310,7 +327,12 @@ def _build_state_query(
     if owner is not None:
         columns += _credit_columns(owner, since)
     one = select(literal(1).label("one")).subquery("one")
-    subjects = CAPS.c.subject.in_(bindparam("subjects", expanding=True))
+    # An array parameter on PostgreSQL, so that the statement compiles once (see `payer_state`).
+    subjects = (
+        CAPS.c.subject == any_(bindparam("subjects", type_=ARRAY(String)))
+        if postgresql
+        else CAPS.c.subject.in_(bindparam("subjects", expanding=True))
+    )
     query = select(
         *columns,
         *CAPS.c,

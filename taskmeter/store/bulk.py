@@ -30,9 +30,12 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import BigInteger, Boolean, Integer, String, Table, Uuid
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
 
 from taskmeter.store.types import DecimalText, JSONDoc, UTCDateTime
 
@@ -40,6 +43,7 @@ __all__ = [
     "copy_rows",
     "driver_cursor",
     "fetch",
+    "fetch_compiled",
     "insert_rows",
     "insert_sql",
     "rows_json",
@@ -64,24 +68,54 @@ def _source(table: Table, parameter: str) -> str:
 
 
 @contextlib.contextmanager
-def driver_cursor(db: Session, statement: str) -> Iterator[psycopg.Cursor[Any]]:
+def driver_cursor(
+    db: Session, statement: str, *, row_factory: Any = None
+) -> Iterator[psycopg.Cursor[Any]]:
     """A psycopg cursor on the connection of the session's transaction (the write engine's
     connections COPY jsonb with orjson, see `Store`). psycopg's errors leave it as
     SQLAlchemy's (an IntegrityError is one whatever path raised it), so callers and the app's
-    handlers see one kind of error."""
-    driver = db.connection().connection.driver_connection
+    handlers see one kind of error; a connection found broken is invalidated, as SQLAlchemy
+    does, so that the pool drops it and a caller may retry on a fresh one."""
+    connection = db.connection()
+    driver = connection.connection.driver_connection
     assert driver is not None
     try:
-        with driver.cursor() as cursor:
+        with driver.cursor(**({"row_factory": row_factory} if row_factory else {})) as cursor:
             yield cursor
     except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        broken = driver.closed or driver.broken
+        if broken:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, psycopg.Error, connection_invalidated=broken
+        ) from exc
 
 
 def run(db: Session, sql: str, params: Mapping[str, Any]) -> None:
     """Execute a statement that returns no rows, in psycopg's parameter style (`%(name)s`)."""
     with driver_cursor(db, sql) as cursor:
         cursor.execute(sql, params)
+
+
+def fetch_compiled(
+    db: Session, statement: Executable, params: Mapping[str, Any], *, cache: bool = True
+) -> list[Any]:
+    """Run a SQLAlchemy statement by psycopg, compiled for PostgreSQL once (`cache`: the
+    statement is a long-lived object, built once a shape), rows as named tuples. Values come
+    as psycopg gives them: aware datetimes, parsed JSON, numeric sums as Decimal."""
+    sql, defaults = _compiled(statement) if cache else _compile(statement)
+    with driver_cursor(db, sql, row_factory=namedtuple_row) as cursor:
+        cursor.execute(sql, {**defaults, **params})
+        return cursor.fetchall()
+
+
+def _compile(statement: Executable) -> tuple[str, dict[str, Any]]:
+    compiled = statement.compile(dialect=_POSTGRESQL)  # type: ignore[attr-defined]
+    return str(compiled), dict(compiled.params)
+
+
+_compiled = functools.lru_cache(maxsize=256)(_compile)
+_POSTGRESQL: Any = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
 def fetch(db: Session, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:

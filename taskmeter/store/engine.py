@@ -236,7 +236,7 @@ class Store:
             # Committed without waiting for the WAL flush: see `small_write`.
             engine = create_engine(
                 self.url, pool_size=4, max_overflow=8, pool_pre_ping=False, pool_timeout=5,
-                connect_args={"options": "-c synchronous_commit=off"}, **JSON_CODEC,
+                connect_args={"options": "-c synchronous_commit=off -c timezone=UTC"}, **JSON_CODEC,
             )  # fmt: skip
             self._small_writer = sessionmaker(engine, expire_on_commit=False)
         with self._small_writer() as session, session.begin():
