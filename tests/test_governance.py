@@ -13,13 +13,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from taskmeter.cli import app
+from taskmeter.governance.caps import stream_subjects
 from taskmeter.governance.periods import period_bounds
+from taskmeter.governance.spend import plan_charges
+from taskmeter.pricing.credits import NANO
 from taskmeter.store import Store
-from taskmeter.store.tables import RESERVATIONS
+from taskmeter.store.tables import RESERVATIONS, TEAMS
 from tests.factories import Factory
 
 
@@ -499,3 +502,26 @@ def test_rows_carry_their_project_and_the_reads_filter_by_it(
     assert list(scoped["by_model"]) == ["gpt-4o"]
     nothing = client.get("/api/v1/usage/summary?project=nope", headers=admin.headers).json()
     assert nothing["total_neo_credits"] == 0 and nothing["total_tasks"] == 0
+
+
+def test_cap_alerts_name_their_period_in_utc_whatever_the_sessions_zone(
+    store: Store, org: dict[str, Any], cli: CliRunner
+) -> None:
+    """The spend upsert's RETURNING comes back through psycopg on PostgreSQL, in the session's
+    zone: the alert (its payload and its once-per-period dedupe key) still names the period's
+    start as a UTC instant."""
+    run(cli, "caps", "set", "--team", "acme", "--limit", "10", "--period", "month")
+    member = org["member"]
+    with store.read() as db:
+        team_id = db.scalar(select(TEAMS.c.id).where(TEAMS.c.name == "acme"))
+    now = datetime.now(UTC)
+    sid = uuid.uuid4()
+    spend = (stream_subjects(member.id, team_id, None), now, 6 * NANO)
+    with store.write() as db:
+        if store.dialect == "postgresql":
+            db.execute(text("SET LOCAL timezone = 'Asia/Kolkata'"))
+        _, alerts = plan_charges(db, {sid: None}, {sid: spend}, [sid]).apply(db)
+    start, _ = period_bounds("month", ZoneInfo("UTC"), now)
+    assert [a.threshold for a in alerts] == [50]
+    assert alerts[0].period_start == start
+    assert alerts[0].period_start.utcoffset() == timedelta(0)

@@ -242,7 +242,9 @@ def plan_charges(
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # SQLite gives naive UTC; psycopg an aware instant in the session's zone, which the
+    # alerts' payloads and dedupe keys must not show.
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _subject_conditions(cap: Cap) -> list[Any]:
