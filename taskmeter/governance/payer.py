@@ -257,9 +257,9 @@ def payer_state(
     """Holds, credit account and caps in one statement (a round trip each was most of
     authorize's time): the one-row part as scalar subqueries, the caps joined to it. On
     PostgreSQL it is compiled once a shape and run by psycopg (SQLAlchemy's execution path was
-    a sixth of authorize's time), as is `resolve_payer`'s. With
-    `reserve` (a reservation row) on PostgreSQL the same statement inserts it; the flag says
-    whether it did (the caller inserts it otherwise, once it has decided)."""
+    a sixth of authorize's time), as is `resolve_payer`'s. With `reserve` (a reservation row)
+    on PostgreSQL the same statement inserts it; the flag says whether it did (the caller
+    inserts it otherwise, once it has decided)."""
     postgresql = db.get_bind().dialect.name == "postgresql"
     reserving = reserve is not None and postgresql
     shape = (
