@@ -367,6 +367,21 @@ def test_a_finished_stream_replaces_its_hold_with_its_cost(
     released = {str(stream_id): at is not None for stream_id, at in rows}
     assert released.pop(sid) is True
     assert list(released.values()) == [False]
+    # Releasing is idempotent: the platform's own release after the stream finished, twice,
+    # answers 200 and keeps the first release time; an unknown reservation is a 404.
+    with store.read() as db:
+        first_release = db.scalar(
+            select(RESERVATIONS.c.released_at).where(RESERVATIONS.c.stream_id == uuid.UUID(sid))
+        )
+    path = f"/api/v1/usage/reservations/{held.json()['reservation_id']}"
+    for _ in range(2):
+        assert client.delete(path, headers={"X-Api-Key": key}).status_code == 200
+    with store.read() as db:
+        assert first_release == db.scalar(
+            select(RESERVATIONS.c.released_at).where(RESERVATIONS.c.stream_id == uuid.UUID(sid))
+        )
+    missing = client.delete("/api/v1/usage/reservations/rsv_nope", headers={"X-Api-Key": key})
+    assert missing.status_code == 404 and missing.json()["code"] == "not_exists"
 
 
 # --- caps API --------------------------------------------------------------------------

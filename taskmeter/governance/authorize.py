@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.orm import Session
 
 from taskmeter.errors import BadRequest, NotFound, PaymentRequired
@@ -203,11 +203,12 @@ def release_finished(db: Session, streams: list[uuid.UUID], now: datetime) -> No
 
 
 def release(db: Session, principal: Principal, reservation_id: str) -> None:
-    """End a reservation's hold now (the caller's own, or any for a service key)."""
-    query = update(RESERVATIONS).where(
-        RESERVATIONS.c.id == reservation_id, RESERVATIONS.c.released_at.is_(None)
-    )
+    """End a reservation's hold now (the caller's own, or any for a service key). Idempotent:
+    one already released (by a call before, or by ingestion when its stream finished) stays
+    released at its first moment; only an unknown reservation, or another user's, is a 404."""
+    query = update(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id)
     if not principal.is_service:
         query = query.where(RESERVATIONS.c.user_id == principal.user_id)
-    if db.execute(query.values(released_at=utc_now())).rowcount == 0:  # type: ignore[attr-defined]
-        raise NotFound(f"no open reservation {reservation_id}")
+    released = func.coalesce(RESERVATIONS.c.released_at, utc_now())
+    if db.execute(query.values(released_at=released)).rowcount == 0:  # type: ignore[attr-defined]
+        raise NotFound(f"no reservation {reservation_id}")
