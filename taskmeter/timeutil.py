@@ -5,13 +5,19 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 
-__all__ = ["iso_z", "parse_instant", "to_unix_ms", "utc_now"]
+__all__ = ["as_utc", "iso_z", "parse_instant", "to_unix_ms", "utc_now"]
 
 _BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An instant from a store in UTC: SQLite gives naive UTC, psycopg an aware instant in
+    the session's zone (which no payload or key may show)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def iso_z(moment: datetime) -> str:

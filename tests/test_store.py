@@ -493,8 +493,8 @@ def test_events_appended_in_bulk_read_back_exactly(store: Store) -> None:
 
 def test_small_writes_run_again_on_a_connection_the_server_dropped(store: Store) -> None:
     """Authorize's statements go to psycopg on connections that are not pinged at checkout:
-    one the server dropped fails its first statement, is invalidated like SQLAlchemy's own,
-    and the transaction runs once more on a fresh connection."""
+    one the server dropped fails its first statement, and the transaction runs once more on a
+    fresh connection."""
     if store.dialect != "postgresql":
         pytest.skip("the psycopg path is PostgreSQL's")
     backend = select(func.pg_backend_pid().label("pid"))

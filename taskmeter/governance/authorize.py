@@ -20,7 +20,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, update
@@ -42,7 +42,7 @@ from taskmeter.identity.principal import Principal
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store.bulk import run
 from taskmeter.store.tables import RESERVATIONS
-from taskmeter.timeutil import iso_z, utc_now
+from taskmeter.timeutil import as_utc, iso_z, utc_now
 
 __all__ = [
     "AuthorizeRequest",
@@ -161,13 +161,9 @@ def caps_with_spend(
     out = []
     for row in sorted(state.caps, key=lambda c: (_KIND_ORDER[c.kind], c.period, c.id)):
         start, end = current_period(row, now)
-        latest = None if row.latest_start is None else _utc(row.latest_start)
+        latest = None if row.latest_start is None else as_utc(row.latest_start)
         out.append((row, start, end, int(row.latest_used or 0) if latest == start else 0))
     return out
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # One statement object: built and keyed afresh each call, it cost as much as it ran.

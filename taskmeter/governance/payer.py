@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -54,6 +54,7 @@ from taskmeter.store.tables import (
     TEAMS,
     USERS,
 )
+from taskmeter.timeutil import as_utc
 from taskmeter.usage.account import charged_since_expr
 
 if TYPE_CHECKING:
@@ -382,5 +383,4 @@ def _latest(column: Any) -> Any:
 
 def _parse_time(value: str) -> datetime:
     # PostgreSQL writes a timestamptz in the session's zone; SQLite keeps naive UTC text.
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return as_utc(datetime.fromisoformat(value))

@@ -18,17 +18,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import ARRAY, String, any_, bindparam, func, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from taskmeter.governance.caps import stream_subjects
 from taskmeter.governance.periods import parse_zone, period_bounds
-from taskmeter.store.bulk import fetch, insert_sql, rows_json, run
+from taskmeter.store.bulk import fetch, fetch_compiled, insert_sql, rows_json, run
 from taskmeter.store.tables import CAP_SPEND, CAPS, PROJECTS, STREAMS, AnyStream, Cap
+from taskmeter.timeutil import as_utc
 
 __all__ = [
     "CapAlert",
@@ -82,24 +83,7 @@ def spend_of(stream: AnyStream) -> Spend | None:
     return subjects, stream.created_at, stream.neo_credits_nano
 
 
-class _CapRow(NamedTuple):
-    """A cap as `plan_charges` reads it (the columns of `_CAPS_OF`)."""
-
-    id: int
-    kind: str
-    subject: str
-    period: str
-    tz: str
-    limit_nano: int
-    thresholds: list[int]
-    created_at: datetime
-
-
 _PG_SHARED_LOCK = f"SELECT pg_advisory_xact_lock_shared({_CAPS_LOCK})"
-_PG_CAPS_OF = (
-    "SELECT id, kind, subject, period, tz, limit_nano, thresholds, created_at"
-    " FROM caps WHERE subject = ANY(%(subjects)s)"
-)
 # Sorted rows, so concurrent batches lock shared spend rows in one order.
 _PG_CHARGE = (
     insert_sql(
@@ -109,10 +93,15 @@ _PG_CHARGE = (
     + " RETURNING cap_id, period_start, used_nano"
 )  # fmt: skip
 
-_CAPS_OF = select(
+_CAPS_COLUMNS = select(
     CAPS.c.id, CAPS.c.kind, CAPS.c.subject, CAPS.c.period, CAPS.c.tz, CAPS.c.limit_nano,
     CAPS.c.thresholds, CAPS.c.created_at,
-).where(CAPS.c.subject.in_(bindparam("subjects", expanding=True)))  # fmt: skip
+)  # fmt: skip
+_CAPS_OF = _CAPS_COLUMNS.where(CAPS.c.subject.in_(bindparam("subjects", expanding=True)))
+# An array parameter, so that `fetch_compiled` compiles it once.
+_PG_CAPS_OF = _CAPS_COLUMNS.where(
+    CAPS.c.subject == any_(bindparam("subjects", type_=ARRAY(String)))
+)
 
 
 @dataclass(frozen=True)
@@ -153,7 +142,7 @@ class CapCharges:
         alerts: list[CapAlert] = []
         for cap_id, period_start, used in written:
             cap = self.caps[cap_id]
-            spent_key = (cap_id, _utc(period_start))
+            spent_key = (cap_id, as_utc(period_start))
             delta = self.charges.get(spent_key, 0)
             old = used - delta
             if delta > 0 and used >= cap.limit_nano:
@@ -218,7 +207,7 @@ def plan_charges(
         # Straight to psycopg, as the bulk writes go: SQLAlchemy's execution path was most of
         # these two statements' cost. The lock first, in a statement of its own (see above).
         run(db, _PG_SHARED_LOCK, {})
-        caps = [_CapRow(*row) for row in fetch(db, _PG_CAPS_OF, {"subjects": wanted})]
+        caps = fetch_compiled(db, _PG_CAPS_OF, {"subjects": wanted})
     else:
         caps = list(db.execute(_CAPS_OF, {"subjects": wanted}).all())
     if not caps:
@@ -239,12 +228,6 @@ def plan_charges(
     return CapCharges(
         {cap.id: cap for cap in caps}, charges, streams_of, frozenset(running), postgresql
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite gives naive UTC; psycopg an aware instant in the session's zone, which the
-    # alerts' payloads and dedupe keys must not show.
-    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _subject_conditions(cap: Cap) -> list[Any]:

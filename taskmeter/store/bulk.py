@@ -80,7 +80,7 @@ def driver_cursor(
     driver = connection.connection.driver_connection
     assert driver is not None
     try:
-        with driver.cursor(**({"row_factory": row_factory} if row_factory else {})) as cursor:
+        with driver.cursor(row_factory=row_factory) as cursor:
             yield cursor
     except psycopg.Error as exc:
         broken = driver.closed or driver.broken

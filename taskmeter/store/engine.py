@@ -225,9 +225,9 @@ class Store:
 
         On PostgreSQL these commit with `synchronous_commit = off`: visible to every other
         transaction at once (so concurrent authorizations still count each other's holds), but
-        not waited for on disk, which was half of authorize's time beyond a read's. What a
-        crash of PostgreSQL itself can lose is the last moments' holds and releases, never
-        usage (docs/decisions.md)."""
+        not waited for on disk. What a crash of PostgreSQL itself can lose is the last
+        moments' holds and releases, never usage (docs/decisions.md). In UTC, as the rows
+        `store.bulk.fetch_compiled` reads on these connections should come."""
         if self.dialect != "postgresql":
             with self.write() as session:
                 yield session

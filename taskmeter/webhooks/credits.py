@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from taskmeter.pricing.credits import credits_from_nano
 from taskmeter.store import Store
-from taskmeter.store.bulk import fetch
 from taskmeter.store.tables import CREDIT_GRANTS, TEAMS, USERS, WEBHOOK_EVENTS
 from taskmeter.timeutil import iso_z, utc_now
 from taskmeter.usage.account import charged_since
@@ -93,13 +92,7 @@ def account_of(db: Session, scope: str, now: datetime) -> Account | None:
 
 def credits_low_watched(db: Session) -> bool:
     """Whether any endpoint takes `credits.low`: asked before the batch locks its hot rows."""
-    if db.get_bind().dialect.name == "postgresql":  # every ingest batch: straight to psycopg
-        rows = fetch(db, _PG_ENDPOINT_EVENTS, {})
-        return any("credits.low" in (events or ()) for (events,) in rows)
     return bool(subscribed(db, "credits.low"))
-
-
-_PG_ENDPOINT_EVENTS = "SELECT events FROM webhook_endpoints WHERE removed_at IS NULL"
 
 
 def emit_credits_low(db: Session, scopes: Iterable[str], percent: int) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from taskmeter import jsonio
+from taskmeter.store.bulk import fetch_compiled
 from taskmeter.store.tables import WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS, WEBHOOK_EVENTS
 from taskmeter.timeutil import iso_z, utc_now
 
@@ -31,13 +32,19 @@ TEST_EVENT = "webhook.test"
 
 
 def subscribed(db: Session, event_type: str) -> list[int]:
-    """The ids of the endpoints (not removed) that take `event_type`."""
-    rows = db.execute(
-        select(WEBHOOK_ENDPOINTS.c.id, WEBHOOK_ENDPOINTS.c.events).where(
-            WEBHOOK_ENDPOINTS.c.removed_at.is_(None)
-        )
-    ).all()
+    """The ids of the endpoints (not removed) that take `event_type`. Asked by every ingest
+    batch that charges an account (`credits.low`): on PostgreSQL by psycopg directly."""
+    rows = (
+        fetch_compiled(db, _LIVE_ENDPOINTS, {})
+        if db.get_bind().dialect.name == "postgresql"
+        else db.execute(_LIVE_ENDPOINTS).all()
+    )
     return [endpoint_id for endpoint_id, events in rows if event_type in (events or ())]
+
+
+_LIVE_ENDPOINTS = select(WEBHOOK_ENDPOINTS.c.id, WEBHOOK_ENDPOINTS.c.events).where(
+    WEBHOOK_ENDPOINTS.c.removed_at.is_(None)
+)
 
 
 def enqueue(

@@ -9,9 +9,9 @@ reservations stayed in those indexes until they expired, so every authorization 
 scope walked the last hour's released ones; the indexes are now partial on `released_at IS
 NULL` with `released_at` a key column (so that a release is never a HOT update: the old row
 version dies and index scans mark its entry dead), and ingestion releases a stream's
-reservations when the stream finishes. On
-PostgreSQL a released row's entry stays in them until the table is vacuumed, so the table is
-vacuumed every 1,000 changed rows rather than at a fifth of its size.
+reservations when the stream finishes. On PostgreSQL a released row's entry stays in them
+until the table is vacuumed, so the table is vacuumed every 1,000 changed rows rather than at
+a fifth of its size.
 """
 
 from collections.abc import Sequence
